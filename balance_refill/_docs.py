@@ -1,0 +1,208 @@
+"""LibreChat's document layout: field names, parsing, and the filters and updates we send.
+
+Everything here is pure: it builds plain dicts that `_store` sends. Every value that
+comes from a caller is either validated first or wrapped in `$literal`, so user input is
+never read as an operator or a field path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from .periods import as_utc
+
+# LibreChat's own fields.
+USER = "user"
+CREDITS = "tokenCredits"
+LAST_REFILL = "lastRefill"
+AUTO = "autoRefillEnabled"
+REFILL_AMOUNT = "refillAmount"
+INTERVAL_VALUE = "refillIntervalValue"
+INTERVAL_UNIT = "refillIntervalUnit"
+# Ours, added beside them (LibreChat ignores unknown fields).
+PENDING = "pendingLedger"  # the ledger row of a refill whose row may not exist yet
+TIER = "tier"  # assigned tier; missing means the default tier
+REFILL_TIER = "refillTier"  # tier whose period governs the current period
+PINNED = "tierPinned"  # activity rules never move a pinned user
+SPENT = "spentSinceRefill"
+LAST_SEEN = "lastSeen"
+HISTORY = "spendHistory"  # credits spent in each of the last few periods, oldest first
+RECENT = "recentRequests"  # request ids of the last few spends (idempotency window)
+OP_ID = "lastOpId"  # id of the last refill or admin change (also its ledger row's _id)
+
+RECENT_WINDOW = 32
+HISTORY_LENGTH = 6
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceDoc:
+    """A balance document as read, with the raw values kept for compare-and-swap."""
+
+    id: Any
+    user: Any
+    balance: int
+    raw_balance: Any
+    last_refill: datetime | None
+    raw_last_refill: Any
+    auto_refill: bool
+    raw_auto: Any
+    tier: str | None
+    refill_tier: str | None
+    pinned: bool
+    pending: Mapping[str, Any] | None
+    spent: int
+    history: tuple[int, ...]
+    recent: tuple[str, ...]
+    last_seen: datetime | None
+    op_id: Any = None
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):  # noqa: PLR0124 - NaN test
+        return int(value // 1)
+    return 0
+
+
+def _date(value: Any) -> datetime | None:
+    return as_utc(value) if isinstance(value, datetime) else None
+
+
+def parse(doc: Mapping[str, Any]) -> BalanceDoc:
+    """Read a balance document, tolerating LibreChat's quirks (missing or odd fields)."""
+    auto = doc.get(AUTO)
+    pending = doc.get(PENDING)
+    history = doc.get(HISTORY)
+    recent = doc.get(RECENT)
+    tier = doc.get(TIER)
+    refill_tier = doc.get(REFILL_TIER)
+    return BalanceDoc(
+        id=doc.get("_id"),
+        user=doc.get(USER),
+        balance=_int(doc.get(CREDITS, 0)),
+        raw_balance=doc.get(CREDITS),
+        last_refill=_date(doc.get(LAST_REFILL)),
+        raw_last_refill=doc.get(LAST_REFILL),
+        auto_refill=auto is not False,
+        raw_auto=auto,
+        tier=tier if isinstance(tier, str) else None,
+        refill_tier=refill_tier if isinstance(refill_tier, str) else None,
+        pinned=doc.get(PINNED) is True,
+        pending=pending if isinstance(pending, Mapping) else None,
+        spent=max(_int(doc.get(SPENT, 0)), 0),
+        history=tuple(_int(x) for x in history) if isinstance(history, list) else (),
+        recent=tuple(x for x in recent if isinstance(x, str)) if isinstance(recent, list) else (),
+        last_seen=_date(doc.get(LAST_SEEN)),
+        op_id=doc.get(OP_ID),
+    )
+
+
+def by_user(user: Any) -> dict[str, Any]:
+    return {USER: user}
+
+
+OLDEST_FIRST = [("_id", 1)]
+
+
+def cas_filter(doc: BalanceDoc) -> dict[str, Any]:
+    """Match `doc` only if nothing a refill decision rests on has changed since it was read."""
+    return {
+        "_id": doc.id,
+        CREDITS: doc.raw_balance,
+        LAST_REFILL: doc.raw_last_refill,
+        AUTO: doc.raw_auto,
+        TIER: doc.tier,
+        PENDING: None,
+    }
+
+
+def first_seen_update(
+    user: Any,
+    now: datetime,
+    *,
+    start_balance: int,
+    auto_refill: bool,
+    librechat_fields: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Upsert update: touch `lastSeen`; create a first-seen user's document.
+
+    The new document's `_id` is the user id itself (newer LibreChat does the same), so two
+    racing first requests collide on the `_id` index and one retries, instead of creating
+    two documents.
+    """
+    return {
+        "$setOnInsert": {
+            "_id": user,
+            CREDITS: start_balance,
+            LAST_REFILL: now,
+            AUTO: auto_refill,
+            SPENT: 0,
+            **librechat_fields,
+        },
+        "$max": {LAST_SEEN: now},
+    }
+
+
+def spend_pipeline(amount: int, request_id: str, now: datetime) -> list[dict[str, Any]]:
+    """A one-stage pipeline update that charges `amount` only if covered and not yet seen.
+
+    It always matches, so one round trip returns the document whether or not it charged;
+    the caller tells which from the document before the update (`spend_outcome`).
+    """
+    rid = {"$literal": request_id}
+    recent = {"$ifNull": ["$" + RECENT, []]}
+    credits = {"$ifNull": ["$" + CREDITS, 0]}
+    charge = {
+        "$and": [
+            {"$gte": [credits, amount]},
+            {"$eq": [{"$in": [rid, recent]}, False]},
+        ]
+    }
+    when = {"$literal": now}
+    return [
+        {
+            "$set": {
+                CREDITS: {"$cond": [charge, {"$subtract": [credits, amount]}, credits]},
+                SPENT: {
+                    "$add": [{"$ifNull": ["$" + SPENT, 0]}, {"$cond": [charge, amount, 0]}]
+                },
+                RECENT: {
+                    "$cond": [
+                        charge,
+                        {"$slice": [{"$concatArrays": [recent, [rid]]}, -RECENT_WINDOW]},
+                        recent,
+                    ]
+                },
+                LAST_SEEN: {"$max": [{"$ifNull": ["$" + LAST_SEEN, when]}, when]},
+            }
+        }
+    ]
+
+
+def spend_outcome(doc: BalanceDoc, amount: int, request_id: str) -> str:
+    """What `spend_pipeline` did to the document it returned as it was before: the same
+    predicate, evaluated in Python. One of "duplicate", "charged", "insufficient"."""
+    if request_id in doc.recent:
+        return "duplicate"
+    if doc.balance >= amount:  # floor(x) >= n exactly when x >= n, for a whole n
+        return "charged"
+    return "insufficient"
+
+
+def new_row_id() -> ObjectId:
+    return ObjectId()
+
+
+def clear_pending_filter(doc_id: Any, row_id: Any) -> dict[str, Any]:
+    return {"_id": doc_id, f"{PENDING}._id": row_id}
+
+
+CLEAR_PENDING = {"$unset": {PENDING: ""}}

@@ -1,0 +1,77 @@
+"""Validation of user ids and amounts: nothing unchecked reaches a query."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bson import ObjectId
+
+from .errors import InvalidAmount, InvalidArgument, InvalidUserId
+
+UserId = str | int | ObjectId
+"""The accepted user id types."""
+
+MAX_SAFE_INT = 2**53
+"""LibreChat reads balances as JavaScript numbers: integers beyond 2**53 lose precision."""
+
+MAX_ID_LENGTH = 1024
+
+
+def check_user_id(user_id: object) -> UserId:
+    """Return `user_id` if it is a non-empty str, an int (not bool) or an ObjectId."""
+    if isinstance(user_id, ObjectId):
+        return user_id
+    if isinstance(user_id, bool):
+        raise InvalidUserId(f"user id must not be a bool, got {user_id!r}")
+    if isinstance(user_id, int):
+        if abs(user_id) >= 2**63:
+            raise InvalidUserId(f"user id {user_id} does not fit a 64-bit integer")
+        return user_id
+    if isinstance(user_id, str):
+        if not user_id or not user_id.strip():
+            raise InvalidUserId("user id must be a non-empty string")
+        if len(user_id) > MAX_ID_LENGTH:
+            raise InvalidUserId(f"user id is {len(user_id)} characters long (at most {MAX_ID_LENGTH})")
+        if "\x00" in user_id:
+            raise InvalidUserId("user id must not contain NUL characters")
+        return user_id
+    raise InvalidUserId(
+        f"user id must be a non-empty str, an int or a bson.ObjectId, got {type(user_id).__name__}: "
+        f"{describe(user_id)}"
+    )
+
+
+def check_amount(
+    amount: object, *, what: str = "amount", allow_zero: bool = False, allow_negative: bool = False
+) -> int:
+    """Return `amount` as an int if it is a finite integer within +/- 2**53."""
+    if isinstance(amount, float):
+        kind = "finite" if not math.isfinite(amount) else "a whole number of credits (an int)"
+        raise InvalidAmount(f"{what} must be {kind}, got {amount!r}")
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidAmount(
+            f"{what} must be an integer, got {type(amount).__name__}: {describe(amount)}"
+        )
+    if abs(amount) > MAX_SAFE_INT:
+        raise InvalidAmount(f"{what} {amount} is beyond 2**53, which LibreChat cannot represent")
+    if amount < 0 and not allow_negative:
+        raise InvalidAmount(f"{what} must not be negative, got {amount}")
+    if amount == 0 and not allow_zero:
+        raise InvalidAmount(f"{what} must not be zero")
+    return amount
+
+
+def check_text(value: object, *, what: str, max_length: int = 500) -> str:
+    """Return a non-empty, bounded string (actor names, reasons, request ids)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > max_length:
+        raise InvalidArgument(f"{what} is {len(value)} characters long (at most {max_length})")
+    return value
+
+
+def describe(value: Any) -> str:
+    """A short, safe rendering of a value for messages."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."

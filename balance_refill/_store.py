@@ -1,0 +1,214 @@
+"""The one module that talks to the MongoDB driver.
+
+It runs calls on any collection with pymongo's async API (pymongo's AsyncCollection,
+Motor, mongomock-motor), retries transient failures of calls that are safe to repeat,
+and wraps every other driver error in `StorageError` with the original as `__cause__`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from pymongo import ReturnDocument
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
+
+from .errors import StorageError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class AsyncCollection(Protocol):
+    """The subset of pymongo's async collection API the library uses."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def find_one_and_update(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+
+    async def find_one(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def update_one(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+
+    async def update_many(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+
+    async def insert_one(self, document: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def insert_many(self, documents: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def delete_one(self, filter: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+
+    async def count_documents(self, filter: Any, *args: Any, **kwargs: Any) -> int: ...  # noqa: A002 - pymongo's name
+
+    async def create_index(self, keys: Any, **kwargs: Any) -> str: ...
+
+    def find(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def aggregate(self, pipeline: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class DuplicateKey(Exception):  # noqa: N818 - an internal signal, never leaves the package
+    """A unique index refused a write (internal signal)."""
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (AutoReconnect, ConnectionFailure, WriteConcernError)
+
+
+def _is_transient(exc: PyMongoError) -> bool:
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
+
+
+class Store:
+    """Driver calls for the balances collection and the optional ledger."""
+
+    def __init__(
+        self,
+        balances: AsyncCollection,
+        ledger: AsyncCollection | None,
+        *,
+        attempts: int = 3,
+        retry_delay: float = 0.05,
+    ) -> None:
+        self.balances = balances
+        self.ledger = ledger
+        self.attempts = max(1, attempts)
+        self.retry_delay = retry_delay
+
+    async def run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one idempotent call, retrying transient errors; wrap the rest."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await call()
+            except DuplicateKeyError as exc:
+                raise DuplicateKey(str(exc)) from exc
+            except PyMongoError as exc:
+                if attempt < self.attempts and _is_transient(exc):
+                    log.warning("transient error in %s (attempt %d): %s", what, attempt, exc)
+                    if self.retry_delay:
+                        await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+                    continue
+                raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- balances -------------------------------------------------------------------
+
+    async def upsert_read(self, filter_: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
+        return await self.run(
+            "read-or-create balance",
+            lambda: self.balances.find_one_and_update(
+                filter_, update, upsert=True, sort=[("_id", 1)],
+                return_document=ReturnDocument.AFTER,
+            ),
+        )
+
+    async def modify(
+        self,
+        what: str,
+        filter_: Mapping[str, Any],
+        update: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        before: bool = False,
+    ) -> Any:
+        """find_one_and_update on the oldest matching document; None if nothing matched."""
+        return await self.run(
+            what,
+            lambda: self.balances.find_one_and_update(
+                filter_, update, sort=[("_id", 1)],
+                return_document=ReturnDocument.BEFORE if before else ReturnDocument.AFTER,
+            ),
+        )
+
+    async def find_balance(self, filter_: Mapping[str, Any]) -> Any:
+        return await self.run(
+            "read balance", lambda: self.balances.find_one(filter_, sort=[("_id", 1)])
+        )
+
+    async def update_balance(self, what: str, filter_: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        result = await self.run(what, lambda: self.balances.update_one(filter_, update))
+        return int(getattr(result, "modified_count", 0) or 0)
+
+    async def iterate(
+        self,
+        collection: AsyncCollection,
+        filter_: Mapping[str, Any],
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int = 0,
+        projection: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """Read at most `limit` documents (0: all) in one call."""
+
+        async def fetch() -> list[Any]:
+            cursor = collection.find(filter_, projection, sort=sort, limit=limit)
+            return [doc async for doc in cursor]
+
+        return await self.run(f"read {collection.name}", fetch)
+
+    async def aggregate(self, collection: AsyncCollection, pipeline: Sequence[Mapping[str, Any]]) -> list[Any]:
+        async def fetch() -> list[Any]:
+            cursor = collection.aggregate(list(pipeline))
+            if inspect.isawaitable(cursor):  # pymongo's async API; Motor and the mock return it directly
+                cursor = await cursor
+            return [doc async for doc in _aiter(cursor)]
+
+        return await self.run(f"aggregate {collection.name}", fetch)
+
+    async def create_index(self, collection: AsyncCollection, keys: Sequence[tuple[str, int]], **options: Any) -> str:
+        return await self.run(
+            f"create index on {collection.name}", lambda: collection.create_index(list(keys), **options)
+        )
+
+    # -- ledger ---------------------------------------------------------------------
+
+    async def insert_row(self, row: Mapping[str, Any]) -> bool:
+        """Insert a ledger row with a chosen _id; False if it already exists."""
+        assert self.ledger is not None  # noqa: S101 - callers check
+        ledger = self.ledger
+        try:
+            await self.run("write ledger row", lambda: ledger.insert_one(dict(row)))
+        except DuplicateKey:
+            return False
+        return True
+
+    async def insert_rows(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert ledger rows with chosen ids in one call; rows already there are skipped."""
+        assert self.ledger is not None  # noqa: S101 - callers check
+        if not rows:
+            return 0
+        ledger = self.ledger
+        from pymongo.errors import BulkWriteError
+
+        async def insert() -> int:
+            try:
+                result = await ledger.insert_many([dict(r) for r in rows], ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors):
+                    raise
+                return int(exc.details.get("nInserted", len(rows) - len(errors)))
+            return len(result.inserted_ids)
+
+        return await self.run("write ledger rows", insert)
+
+
+async def _aiter(cursor: Any) -> AsyncIterator[Any]:
+    if hasattr(cursor, "__aiter__"):
+        async for doc in cursor:
+            yield doc
+    else:  # a synchronous iterator (some mocks)
+        for doc in cursor:
+            yield doc

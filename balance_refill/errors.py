@@ -1,0 +1,87 @@
+"""The exception hierarchy: one root, each subclass also a fitting built-in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+
+class BalanceRefillError(Exception):
+    """Root of every error this library raises."""
+
+
+class InvalidUserId(BalanceRefillError, ValueError):  # noqa: N818 - name is a public contract
+    """A user id that is not a non-empty str, an int (not bool) or a bson.ObjectId."""
+
+
+class InvalidAmount(BalanceRefillError, ValueError):  # noqa: N818 - reads like its siblings
+    """An amount that is not a finite integer in the accepted range."""
+
+
+class InvalidArgument(BalanceRefillError, ValueError):  # noqa: N818 - reads like its siblings
+    """Any other bad argument (an empty actor, a naive datetime, ...)."""
+
+
+class UnknownTier(BalanceRefillError, KeyError):  # noqa: N818 - reads like its siblings
+    """A tier name the policy does not define."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class InsufficientCredits(BalanceRefillError):  # noqa: N818 - name is a public contract
+    """The balance does not cover the amount, and no refill is due."""
+
+    def __init__(
+        self,
+        user_id: object,
+        *,
+        balance: int,
+        amount: int,
+        next_refill_at: datetime | None,
+    ) -> None:
+        self.user_id = user_id
+        self.balance = balance
+        self.amount = amount
+        self.next_refill_at = next_refill_at
+        when = next_refill_at.isoformat() if next_refill_at else "never (auto refill is off)"
+        super().__init__(
+            f"user {user_id!r} has {balance} credits, needs {amount}; next refill: {when}"
+        )
+
+
+class UserNotFound(BalanceRefillError, LookupError):  # noqa: N818 - reads like its siblings
+    """A read-only or admin operation named a user with no balance document."""
+
+
+class StorageError(BalanceRefillError, RuntimeError):
+    """The database driver failed; the original error is chained as __cause__."""
+
+
+class ContentionError(BalanceRefillError, RuntimeError):
+    """An operation lost its compare-and-swap too many times in a row."""
+
+
+class DuplicateBalances(BalanceRefillError, RuntimeError):  # noqa: N818 - reads like its siblings
+    """Some users own more than one balance document (old LibreChat databases)."""
+
+    def __init__(self, duplicates: Mapping[Any, int]) -> None:
+        self.duplicates = dict(duplicates)
+        shown = ", ".join(f"{user!r} ({n} documents)" for user, n in list(self.duplicates.items())[:20])
+        more = len(self.duplicates) - 20
+        tail = f" and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{len(self.duplicates)} user(s) own more than one balance document: {shown}{tail}. "
+            "The library reads and writes only the oldest (lowest _id) and never creates another; "
+            "merge or delete the extra documents to silence this."
+        )
+
+
+class SweepLocked(BalanceRefillError, RuntimeError):  # noqa: N818 - reads like its siblings
+    """Another sweep holds the lease."""
+
+    def __init__(self, holder: str, expires_at: datetime) -> None:
+        self.holder = holder
+        self.expires_at = expires_at
+        super().__init__(f"a sweep holds the lease ({holder}) until {expires_at.isoformat()}")

@@ -1,0 +1,83 @@
+"""Ledger rows in LibreChat's transaction shape. The library only ever inserts rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from .decisions import RefillPlan
+
+AUTO_REFILL = "autoRefill"
+ADMIN = "admin"
+SOURCE = "balance_refill"
+
+
+def refill_row(
+    row_id: ObjectId,
+    user: Any,
+    now: datetime,
+    plan: RefillPlan,
+    *,
+    context: str = AUTO_REFILL,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """The row recording one refill: `rawAmount` and `tokenValue` are the credits added."""
+    row: dict[str, Any] = {
+        "_id": row_id,
+        "user": user,
+        "tokenType": "credits",
+        "context": context,
+        "rawAmount": plan.granted,
+        "tokenValue": plan.granted,
+        "rate": 1,
+        "createdAt": now,
+        "updatedAt": now,
+        "mode": plan.policy.mode,
+        "tier": plan.tier,
+        "balanceBefore": plan.before,
+        "balanceAfter": plan.after,
+        "source": SOURCE,
+    }
+    if actor is not None:
+        row["actor"] = actor
+    if reason is not None:
+        row["reason"] = reason
+    return row
+
+
+def change_row(
+    row_id: ObjectId,
+    user: Any,
+    now: datetime,
+    *,
+    context: str,
+    before: int,
+    after: int,
+    actor: str,
+    reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The row recording an admin change; `rawAmount` is the difference it made."""
+    row: dict[str, Any] = {
+        "_id": row_id,
+        "user": user,
+        "tokenType": "credits",
+        "context": context,
+        "rawAmount": after - before,
+        "tokenValue": after - before,
+        "rate": 1,
+        "createdAt": now,
+        "updatedAt": now,
+        "balanceBefore": before,
+        "balanceAfter": after,
+        "actor": actor,
+        "source": SOURCE,
+    }
+    if reason is not None:
+        row["reason"] = reason
+    if extra:
+        row.update(extra)
+    return row

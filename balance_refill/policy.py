@@ -1,0 +1,221 @@
+"""Refill policies: frozen pydantic models validated at construction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
+
+from ._ids import MAX_SAFE_INT
+from .periods import Calendar, CalendarUnit, Interval, Period, parse_interval, zone
+
+RefillMode = Literal["top_up", "add", "reset"]
+
+Credits = Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INT)]
+
+
+def _to_interval(value: Any) -> Interval | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"interval needs a unit: write '{value}d' or '{value}s', not {value}")
+    return parse_interval(value)
+
+
+IntervalField = Annotated[
+    Interval | None,
+    BeforeValidator(_to_interval),
+    PlainSerializer(lambda v: None if v is None else str(v), return_type=str | None),
+]
+
+_LIBRECHAT_UNITS = {
+    "seconds": "s",
+    "minutes": "m",
+    "hours": "h",
+    "days": "d",
+    "weeks": "w",
+    "months": "mo",
+}
+
+
+class RefillPolicy(BaseModel):
+    """How and when one user's credits are refilled.
+
+    Exactly one of `interval` (rolling from the last refill) and `calendar` (one refill
+    per calendar period in `timezone`) is given.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    amount: Annotated[StrictInt, Field(gt=0, le=MAX_SAFE_INT)]
+    interval: IntervalField = None
+    calendar: CalendarUnit | None = None
+    timezone: str = "UTC"
+    mode: RefillMode = "top_up"
+    threshold: Credits | None = None
+    max_balance: Credits | None = None
+    start_balance: Credits = 0
+    auto_refill: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_threshold(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("threshold") is None and "amount" in data:
+            return {**data, "threshold": data["amount"]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.interval is None) == (self.calendar is None):
+            raise ValueError("give exactly one of 'interval' (e.g. '30d', '1mo') and 'calendar'")
+        zone(self.timezone)
+        if self.interval is not None and self.timezone != "UTC":
+            raise ValueError("'timezone' only applies to 'calendar' periods; intervals run in UTC")
+        if self.max_balance is not None:
+            if self.max_balance < self.amount:
+                raise ValueError(
+                    f"max_balance ({self.max_balance}) is below amount ({self.amount}): "
+                    "every refill would be cut"
+                )
+            if self.start_balance > self.max_balance:
+                raise ValueError(
+                    f"start_balance ({self.start_balance}) is above max_balance ({self.max_balance})"
+                )
+            if self.effective_threshold > self.max_balance:
+                raise ValueError(
+                    f"threshold ({self.effective_threshold}) is above max_balance "
+                    f"({self.max_balance}): refills there could grant nothing"
+                )
+        return self
+
+    @property
+    def effective_threshold(self) -> int:
+        """The threshold, defaulting to `amount`."""
+        return self.amount if self.threshold is None else self.threshold
+
+    @property
+    def period(self) -> Period:
+        """The rolling interval or the calendar period."""
+        if self.interval is not None:
+            return self.interval
+        assert self.calendar is not None  # noqa: S101 - guaranteed by validation
+        return Calendar(self.calendar, self.timezone)
+
+    def describe(self) -> dict[str, Any]:
+        """The effective rules, as plain values (for `policy check` and logs)."""
+        return {
+            "amount": self.amount,
+            "period": str(self.period),
+            "mode": self.mode,
+            "threshold": self.effective_threshold,
+            "max_balance": self.max_balance,
+            "start_balance": self.start_balance,
+            "auto_refill": self.auto_refill,
+        }
+
+    @classmethod
+    def from_librechat(cls, mapping: Mapping[str, Any]) -> RefillPolicy:
+        """Build a policy from the `balance:` section of `librechat.yaml`.
+
+        Keeps LibreChat's semantics: `add` mode, and a refill only when the request
+        would not be covered (threshold 0, so `needed` decides). `enabled: false` or
+        `autoRefillEnabled: false` turn automatic refills off.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"the balance section must be a mapping, got {type(mapping).__name__}")
+        if "balance" in mapping and isinstance(mapping["balance"], Mapping):
+            mapping = mapping["balance"]
+        known = {"enabled", "startBalance", "autoRefillEnabled", "refillIntervalValue",
+                 "refillIntervalUnit", "refillAmount", "tenantId"}
+        unknown = sorted(str(k) for k in mapping if k not in known)
+        if unknown:
+            raise ValueError(f"unknown key(s) in the balance section: {', '.join(unknown)}")
+        enabled = mapping.get("enabled", False)
+        auto = mapping.get("autoRefillEnabled", False)
+        for key, flag in (("enabled", enabled), ("autoRefillEnabled", auto)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{key} must be true or false, got {flag!r}")
+        auto_refill = enabled and auto
+        value = mapping.get("refillIntervalValue", 30)
+        unit = mapping.get("refillIntervalUnit", "days")
+        if unit not in _LIBRECHAT_UNITS:
+            raise ValueError(
+                f"refillIntervalUnit must be one of {', '.join(_LIBRECHAT_UNITS)}, got {unit!r}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"refillIntervalValue must be a positive integer, got {value!r}")
+        amount = mapping.get("refillAmount", 10_000)
+        if not auto_refill and amount == 0:
+            amount = 10_000  # unused while auto refill is off; keeps the model valid
+        if isinstance(amount, int) and not isinstance(amount, bool) and amount <= 0:
+            raise ValueError(f"refillAmount must be positive when auto refill is on, got {amount!r}")
+        return cls(
+            amount=amount,
+            interval=f"{value}{_LIBRECHAT_UNITS[unit]}",
+            mode="add",
+            threshold=0,
+            start_balance=mapping.get("startBalance", 20_000),
+            auto_refill=auto_refill,
+        )
+
+
+
+class TieredPolicy(BaseModel):
+    """Several named `RefillPolicy` tiers; a user's tier is stored on the balance document."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tiers: dict[str, RefillPolicy]
+    default_tier: str
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> Self:
+        if not self.tiers:
+            raise ValueError("a tiered policy needs at least one tier")
+        for name in self.tiers:
+            if not name or not name.strip() or name.startswith("$") or len(name) > 64:
+                raise ValueError(f"tier names must be 1-64 characters, not starting with '$': {name!r}")
+        if self.default_tier not in self.tiers:
+            raise ValueError(
+                f"default_tier {self.default_tier!r} is not one of the tiers: {', '.join(self.tiers)}"
+            )
+        return self
+
+    @classmethod
+    def single(cls, policy: RefillPolicy, name: str = "default") -> TieredPolicy:
+        """The one-tier case: a plain `RefillPolicy`."""
+        return cls(tiers={name: policy}, default_tier=name)
+
+    def tier_of(self, stored: object) -> str:
+        """The tier a stored value names; missing or unknown values mean the default tier."""
+        if isinstance(stored, str) and stored in self.tiers:
+            return stored
+        return self.default_tier
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "default_tier": self.default_tier,
+            "tiers": {name: p.describe() for name, p in self.tiers.items()},
+        }
+
+
+AnyPolicy = RefillPolicy | TieredPolicy
+
+
+def as_tiered(policy: AnyPolicy) -> TieredPolicy:
+    """Every policy seen as tiers; a plain policy is the one-tier case."""
+    if isinstance(policy, TieredPolicy):
+        return policy
+    if isinstance(policy, RefillPolicy):
+        return TieredPolicy.single(policy)
+    raise TypeError(f"expected a RefillPolicy or TieredPolicy, got {type(policy).__name__}")

@@ -1,0 +1,350 @@
+"""`BalanceRefiller`: lazy, atomic, exactly-once refills on LibreChat's documents.
+
+Every write that a decision rests on is a compare-and-swap on the document as it was
+read (`_docs.cas_filter`), so racing calls cannot both refill. A refill that has a ledger
+row to write leaves the row in the balance document (`pendingLedger`) in the same atomic
+update; the row is inserted under its pre-chosen `_id` and the marker cleared. If anything
+fails in between, the next call for that user, or `flush_pending()`, finishes the job,
+and a duplicate row is impossible because the `_id` is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+
+from . import _docs as D
+from ._ids import UserId, check_amount, check_text, check_user_id
+from ._store import AsyncCollection, DuplicateKey, Store
+from .decisions import RefillPlan, assigned_tier, next_refill, plan_refill
+from .errors import ContentionError, DuplicateBalances, InsufficientCredits, InvalidArgument
+from .ledger import refill_row
+from .periods import as_utc
+from .policy import AnyPolicy, TieredPolicy, as_tiered
+from .state import BalanceState
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The default clock."""
+    return datetime.now(UTC)
+
+
+class BalanceRefiller:
+    """Keeps users' `tokenCredits` topped up according to a policy.
+
+    `balances` and `ledger` are async collections (pymongo's AsyncCollection, Motor or
+    mongomock-motor). `clock` returns an aware UTC datetime; it is read once per operation.
+    """
+
+    def __init__(
+        self,
+        balances: AsyncCollection,
+        policy: AnyPolicy,
+        *,
+        ledger: AsyncCollection | None = None,
+        clock: Clock | None = None,
+        max_attempts: int = 16,
+        retry_attempts: int = 3,
+        retry_delay: float = 0.05,
+    ) -> None:
+        self.policy = policy
+        self._tiers: TieredPolicy = as_tiered(policy)
+        self._store = Store(balances, ledger, attempts=retry_attempts, retry_delay=retry_delay)
+        self._clock: Clock = clock or utc_now
+        self._max_attempts = max(1, max_attempts)
+
+    @property
+    def tiers(self) -> TieredPolicy:
+        """The policy seen as tiers (a plain policy is one tier named "default")."""
+        return self._tiers
+
+    @property
+    def has_ledger(self) -> bool:
+        return self._store.ledger is not None
+
+    # -- helpers --------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Read the clock once: aware UTC, millisecond precision (what MongoDB stores)."""
+        value = self._clock()
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise InvalidArgument(f"the clock must return an aware datetime, got {value!r}")
+        return as_utc(value)
+
+    def _state(
+        self,
+        doc: D.BalanceDoc,
+        now: datetime,
+        *,
+        refilled: bool = False,
+        granted: int = 0,
+    ) -> BalanceState:
+        return BalanceState(
+            user_id=doc.user,
+            balance=doc.balance,
+            refilled=refilled,
+            granted=granted,
+            last_refill=doc.last_refill,
+            next_refill_at=next_refill(self._tiers, doc, now),
+            tier=assigned_tier(self._tiers, doc),
+            auto_refill=doc.auto_refill,
+            pinned=doc.pinned,
+            spent_since_refill=doc.spent,
+            last_seen=doc.last_seen,
+        )
+
+    def _librechat_fields(self, tier: str) -> dict[str, Any]:
+        policy = self._tiers.tiers[tier]
+        value, unit = policy.period.librechat_fields()
+        return {D.REFILL_AMOUNT: policy.amount, D.INTERVAL_VALUE: value, D.INTERVAL_UNIT: unit}
+
+    async def _read_or_create(self, user: UserId, now: datetime) -> D.BalanceDoc:
+        """One call: the user's oldest document, created first if the user is new."""
+        default = self._tiers.tiers[self._tiers.default_tier]
+        update = D.first_seen_update(
+            user,
+            now,
+            start_balance=default.start_balance,
+            auto_refill=default.auto_refill,
+            librechat_fields=self._librechat_fields(self._tiers.default_tier),
+        )
+        for _ in range(3):
+            try:
+                raw = await self._store.upsert_read(D.by_user(user), update)
+            except DuplicateKey:
+                # Two first requests raced: the other one created the document.
+                log.debug("first-seen race for %r; reading again", user)
+                continue
+            return await self._settled(D.parse(raw))
+        raise ContentionError(f"could not read or create the balance of user {user!r}")
+
+    async def _settled(self, doc: D.BalanceDoc) -> D.BalanceDoc:
+        """`doc` with any pending ledger row written and its marker cleared."""
+        if doc.pending is None or not self.has_ledger:
+            return doc
+        await self._finish_pending(doc.id, doc.pending)
+        return dataclasses.replace(doc, pending=None)
+
+    async def _finish_pending(self, doc_id: Any, row: Mapping[str, Any]) -> None:
+        inserted = await self._store.insert_row(row)
+        if not inserted:
+            log.info("ledger row %s already existed; clearing its marker", row.get("_id"))
+        await self._store.update_balance(
+            "clear pending ledger marker", D.clear_pending_filter(doc_id, row["_id"]), D.CLEAR_PENDING
+        )
+
+    def _cas_filter(self, doc: D.BalanceDoc) -> dict[str, Any]:
+        cas = D.cas_filter(doc)
+        if not self.has_ledger:
+            del cas[D.PENDING]  # markers left for a ledger-configured process to flush
+        return cas
+
+    async def _commit(
+        self,
+        what: str,
+        doc: D.BalanceDoc,
+        update: dict[str, Any],
+        row: dict[str, Any] | None,
+    ) -> D.BalanceDoc | None:
+        """Compare-and-swap `update` onto `doc`, with `row` as the pending ledger marker.
+
+        Returns the document after the change, or None if `doc` changed meanwhile.
+        The op id stored in the document lets a caller whose reply was lost recognise
+        its own write on the next read.
+        """
+        sets = update.setdefault("$set", {})
+        if row is not None and self.has_ledger:
+            sets[D.PENDING] = row
+        raw = await self._store.modify(what, self._cas_filter(doc), update)
+        if raw is None:
+            return None
+        after = D.parse(raw)
+        if after.pending is not None and self.has_ledger:
+            await self._finish_pending(after.id, after.pending)
+            after = dataclasses.replace(after, pending=None)
+        return after
+
+    def _refill_update(
+        self, doc: D.BalanceDoc, plan: RefillPlan, now: datetime, op_id: ObjectId, charge: int
+    ) -> dict[str, Any]:
+        update: dict[str, Any] = {
+            "$set": {
+                D.CREDITS: plan.after - charge,
+                D.LAST_REFILL: now,
+                D.REFILL_TIER: plan.tier,
+                D.SPENT: charge,
+                D.OP_ID: op_id,
+                **self._librechat_fields(plan.tier),
+            },
+            "$max": {D.LAST_SEEN: now},
+            "$push": {D.HISTORY: {"$each": [doc.spent], "$slice": -D.HISTORY_LENGTH}},
+        }
+        return update
+
+    async def _refill(
+        self,
+        doc: D.BalanceDoc,
+        plan: RefillPlan,
+        now: datetime,
+        *,
+        charge: int = 0,
+        request_id: str | None = None,
+        context: str = "autoRefill",
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> tuple[D.BalanceDoc | None, ObjectId]:
+        op_id = ObjectId()
+        update = self._refill_update(doc, plan, now, op_id, charge)
+        if request_id is not None:
+            update["$push"][D.RECENT] = {"$each": [request_id], "$slice": -D.RECENT_WINDOW}
+        row = refill_row(op_id, doc.user, now, plan, context=context, actor=actor, reason=reason)
+        return await self._commit("refill", doc, update, row), op_id
+
+    # -- public API -----------------------------------------------------------------
+
+    async def ensure_balance(self, user_id: object, needed: int = 0) -> BalanceState:
+        """Refill `user_id` if due, and return the state afterwards.
+
+        Refills if and only if auto refill is on for the user, the period has elapsed,
+        and the balance is below max(threshold, needed). One database call when no
+        refill happens; a refill with its ledger row takes at most four.
+        """
+        user = check_user_id(user_id)
+        needed = check_amount(needed, what="needed", allow_zero=True)
+        now = self.now()
+        mine: tuple[ObjectId, RefillPlan] | None = None
+        for _ in range(self._max_attempts):
+            doc = await self._read_or_create(user, now)
+            if mine is not None and doc.op_id == mine[0]:
+                # Our refill landed but its reply was lost.
+                return self._state(doc, now, refilled=True, granted=mine[1].granted)
+            plan = plan_refill(self._tiers, doc, now, needed)
+            if plan is None:
+                return self._state(doc, now)
+            after, op_id = await self._refill(doc, plan, now)
+            mine = (op_id, plan)
+            if after is not None:
+                return self._state(after, now, refilled=True, granted=plan.granted)
+        raise ContentionError(f"ensure_balance for {user!r} lost {self._max_attempts} races in a row")
+
+    async def spend(
+        self, user_id: object, amount: int, *, request_id: str | None = None
+    ) -> BalanceState:
+        """Deduct `amount` atomically if the balance covers it.
+
+        If it does not and a refill is due, refill and try once more; otherwise raise
+        `InsufficientCredits` and change nothing. With `request_id`, a retried request
+        is charged once (the last 32 ids are kept on the document).
+        """
+        user = check_user_id(user_id)
+        amount = check_amount(amount, what="amount")
+        rid = uuid.uuid4().hex if request_id is None else check_text(request_id, what="request_id", max_length=128)
+        now = self.now()
+        pipeline = D.spend_pipeline(amount, rid, now)
+        mine: tuple[ObjectId, RefillPlan] | None = None
+        for _ in range(self._max_attempts):
+            raw = await self._store.modify("spend", D.by_user(user), pipeline, before=True)
+            if raw is None:
+                await self._read_or_create(user, now)  # first seen: create, then charge
+                continue
+            doc = await self._settled(D.parse(raw))
+            outcome = D.spend_outcome(doc, amount, rid)
+            if outcome == "charged":
+                charged = dataclasses.replace(doc, balance=doc.balance - amount, spent=doc.spent + amount)
+                return self._state(charged, now)
+            if outcome == "duplicate":
+                if mine is not None and doc.op_id == mine[0]:  # our refill's reply was lost
+                    return self._state(doc, now, refilled=True, granted=mine[1].granted)
+                return self._state(doc, now)
+            plan = plan_refill(self._tiers, doc, now, needed=amount)
+            if plan is None:
+                raise InsufficientCredits(
+                    user, balance=doc.balance, amount=amount,
+                    next_refill_at=next_refill(self._tiers, doc, now),
+                )
+            charge = amount if plan.after >= amount else 0
+            after, op_id = await self._refill(
+                doc, plan, now, charge=charge, request_id=rid if charge else None
+            )
+            mine = (op_id, plan)
+            if after is None:
+                continue  # lost a race: charge again from the fresh state
+            if not charge:
+                raise InsufficientCredits(
+                    user, balance=after.balance, amount=amount,
+                    next_refill_at=next_refill(self._tiers, after, now),
+                )
+            return self._state(after, now, refilled=True, granted=plan.granted)
+        raise ContentionError(f"spend for {user!r} lost {self._max_attempts} races in a row")
+
+    async def flush_pending(self, *, batch_size: int = 500) -> int:
+        """Write every ledger row still pending in a balance document; returns how many
+        markers were settled (rows already present are not written twice)."""
+        if not self.has_ledger:
+            return 0
+        settled = 0
+        while True:
+            docs = await self._store.iterate(
+                self._store.balances, {D.PENDING: {"$exists": True}},
+                sort=[("_id", 1)], limit=batch_size, projection={D.PENDING: 1},
+            )
+            rows = [d[D.PENDING] for d in docs if isinstance(d.get(D.PENDING), Mapping)]
+            if not rows:
+                return settled
+            await self._store.insert_rows(rows)
+            for doc in docs:
+                row = doc.get(D.PENDING)
+                if isinstance(row, Mapping):
+                    await self._store.update_balance(
+                        "clear pending ledger marker",
+                        D.clear_pending_filter(doc["_id"], row["_id"]), D.CLEAR_PENDING,
+                    )
+                    settled += 1
+            if len(docs) < batch_size:
+                return settled
+
+    async def ensure_indexes(self) -> list[str]:
+        """Create the indexes the library needs; report users with duplicate documents.
+
+        Raises `DuplicateBalances` (after creating the indexes) when some users own more
+        than one balance document; the library still works on such data, using the oldest.
+        """
+        store = self._store
+        names = [
+            await store.create_index(store.balances, [(D.USER, 1), ("_id", 1)], name="user_1__id_1"),
+            await store.create_index(
+                store.balances, [(f"{D.PENDING}._id", 1)], name="pendingLedger_id", sparse=True
+            ),
+            await store.create_index(
+                store.balances, [(D.LAST_REFILL, 1)], name="lastRefill_1"
+            ),
+        ]
+        if store.ledger is not None:
+            names.append(
+                await store.create_index(
+                    store.ledger, [(D.USER, 1), ("createdAt", -1)], name="user_1_createdAt_-1"
+                )
+            )
+        duplicates = await store.aggregate(
+            store.balances,
+            [
+                {"$group": {"_id": "$" + D.USER, "n": {"$sum": 1}}},
+                {"$match": {"n": {"$gt": 1}}},
+                {"$sort": {"n": -1}},
+                {"$limit": 1000},
+            ],
+        )
+        if duplicates:
+            raise DuplicateBalances({d["_id"]: int(d["n"]) for d in duplicates})
+        return names
+

@@ -1,0 +1,73 @@
+"""Fixtures: a tz-aware mock database, recording collections, a fake clock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from mongomock_motor import AsyncMongoMockClient
+
+from balance_refill import BalanceRefiller, RefillPolicy
+from balance_refill.testing import CallLog, FakeClock, RecordingCollection
+
+START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[Any]:
+    """A fresh mock database per test (tz-aware, like a real client should be)."""
+    client = AsyncMongoMockClient(tz_aware=True)
+    yield client["balance_refill_test"]
+    client.close()
+
+
+@pytest.fixture
+def log() -> CallLog:
+    return CallLog()
+
+
+@pytest.fixture
+def balances(db: Any, log: CallLog) -> RecordingCollection:
+    return RecordingCollection(db["balances"], log)
+
+
+@pytest.fixture
+def ledger(db: Any, log: CallLog) -> RecordingCollection:
+    return RecordingCollection(db["transactions"], log)
+
+
+@pytest.fixture
+def policy() -> RefillPolicy:
+    return RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
+
+
+@pytest.fixture
+def make_refiller(
+    balances: RecordingCollection, ledger: RecordingCollection, clock: FakeClock, policy: RefillPolicy
+) -> Callable[..., BalanceRefiller]:
+    """Build a refiller on the recording collections; keyword arguments override."""
+
+    def make(**kwargs: Any) -> BalanceRefiller:
+        kwargs.setdefault("ledger", ledger)
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("retry_delay", 0)
+        return BalanceRefiller(kwargs.pop("balances", balances), kwargs.pop("policy", policy), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def refiller(make_refiller: Callable[..., BalanceRefiller]) -> BalanceRefiller:
+    return make_refiller()
+
+
+def server_uri() -> str | None:
+    return os.environ.get("MONGODB_URI") or None
