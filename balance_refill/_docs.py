@@ -171,13 +171,16 @@ def spend_pipeline(amount: int, request_id: str, now: datetime) -> list[dict[str
         {
             "$set": {
                 CREDITS: {"$cond": [charge, {"$subtract": [credits, amount]}, credits]},
-                SPENT: {
-                    "$add": [{"$ifNull": ["$" + SPENT, 0]}, {"$cond": [charge, amount, 0]}]
-                },
+                SPENT: {"$add": [{"$ifNull": ["$" + SPENT, 0]}, {"$cond": [charge, amount, 0]}]},
                 RECENT: {
                     "$cond": [
                         charge,
-                        {"$slice": [{"$concatArrays": [recent, [rid]]}, -RECENT_WINDOW]},
+                        {
+                            "$slice": [
+                                {"$concatArrays": [recent, {"$literal": [request_id]}]},
+                                -RECENT_WINDOW,
+                            ]
+                        },
                         recent,
                     ]
                 },

@@ -32,7 +32,9 @@ def check_user_id(user_id: object) -> UserId:
         if not user_id or not user_id.strip():
             raise InvalidUserId("user id must be a non-empty string")
         if len(user_id) > MAX_ID_LENGTH:
-            raise InvalidUserId(f"user id is {len(user_id)} characters long (at most {MAX_ID_LENGTH})")
+            raise InvalidUserId(
+                f"user id is {len(user_id)} characters long (at most {MAX_ID_LENGTH})"
+            )
         if "\x00" in user_id:
             raise InvalidUserId("user id must not contain NUL characters")
         return user_id

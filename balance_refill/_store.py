@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from pymongo import ReturnDocument
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     OperationFailure,
@@ -36,21 +37,23 @@ class AsyncCollection(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def find_one_and_update(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+    async def find_one_and_update(
+        self, filter: Any, update: Any, *args: Any, **kwargs: Any
+    ) -> Any: ...
 
     async def find_one(self, *args: Any, **kwargs: Any) -> Any: ...
 
-    async def update_one(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+    async def update_one(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...
 
-    async def update_many(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+    async def update_many(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...
 
     async def insert_one(self, document: Any, *args: Any, **kwargs: Any) -> Any: ...
 
     async def insert_many(self, documents: Any, *args: Any, **kwargs: Any) -> Any: ...
 
-    async def delete_one(self, filter: Any, *args: Any, **kwargs: Any) -> Any: ...  # noqa: A002 - pymongo's name
+    async def delete_one(self, filter: Any, *args: Any, **kwargs: Any) -> Any: ...
 
-    async def count_documents(self, filter: Any, *args: Any, **kwargs: Any) -> int: ...  # noqa: A002 - pymongo's name
+    async def count_documents(self, filter: Any, *args: Any, **kwargs: Any) -> int: ...
 
     async def create_index(self, keys: Any, **kwargs: Any) -> str: ...
 
@@ -59,7 +62,7 @@ class AsyncCollection(Protocol):
     def aggregate(self, pipeline: Any, *args: Any, **kwargs: Any) -> Any: ...
 
 
-class DuplicateKey(Exception):  # noqa: N818 - an internal signal, never leaves the package
+class DuplicateKey(Exception):
     """A unique index refused a write (internal signal)."""
 
 
@@ -110,7 +113,10 @@ class Store:
         return await self.run(
             "read-or-create balance",
             lambda: self.balances.find_one_and_update(
-                filter_, update, upsert=True, sort=[("_id", 1)],
+                filter_,
+                update,
+                upsert=True,
+                sort=[("_id", 1)],
                 return_document=ReturnDocument.AFTER,
             ),
         )
@@ -127,7 +133,9 @@ class Store:
         return await self.run(
             what,
             lambda: self.balances.find_one_and_update(
-                filter_, update, sort=[("_id", 1)],
+                filter_,
+                update,
+                sort=[("_id", 1)],
                 return_document=ReturnDocument.BEFORE if before else ReturnDocument.AFTER,
             ),
         )
@@ -137,7 +145,9 @@ class Store:
             "read balance", lambda: self.balances.find_one(filter_, sort=[("_id", 1)])
         )
 
-    async def update_balance(self, what: str, filter_: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+    async def update_balance(
+        self, what: str, filter_: Mapping[str, Any], update: Mapping[str, Any]
+    ) -> int:
         result = await self.run(what, lambda: self.balances.update_one(filter_, update))
         return int(getattr(result, "modified_count", 0) or 0)
 
@@ -158,18 +168,25 @@ class Store:
 
         return await self.run(f"read {collection.name}", fetch)
 
-    async def aggregate(self, collection: AsyncCollection, pipeline: Sequence[Mapping[str, Any]]) -> list[Any]:
+    async def aggregate(
+        self, collection: AsyncCollection, pipeline: Sequence[Mapping[str, Any]]
+    ) -> list[Any]:
         async def fetch() -> list[Any]:
             cursor = collection.aggregate(list(pipeline))
-            if inspect.isawaitable(cursor):  # pymongo's async API; Motor and the mock return it directly
+            if inspect.isawaitable(
+                cursor
+            ):  # pymongo's async API; Motor and the mock return it directly
                 cursor = await cursor
             return [doc async for doc in _aiter(cursor)]
 
         return await self.run(f"aggregate {collection.name}", fetch)
 
-    async def create_index(self, collection: AsyncCollection, keys: Sequence[tuple[str, int]], **options: Any) -> str:
+    async def create_index(
+        self, collection: AsyncCollection, keys: Sequence[tuple[str, int]], **options: Any
+    ) -> str:
         return await self.run(
-            f"create index on {collection.name}", lambda: collection.create_index(list(keys), **options)
+            f"create index on {collection.name}",
+            lambda: collection.create_index(list(keys), **options),
         )
 
     # -- ledger ---------------------------------------------------------------------
@@ -190,7 +207,6 @@ class Store:
         if not rows:
             return 0
         ledger = self.ledger
-        from pymongo.errors import BulkWriteError
 
         async def insert() -> int:
             try:

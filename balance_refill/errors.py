@@ -11,26 +11,26 @@ class BalanceRefillError(Exception):
     """Root of every error this library raises."""
 
 
-class InvalidUserId(BalanceRefillError, ValueError):  # noqa: N818 - name is a public contract
+class InvalidUserId(BalanceRefillError, ValueError):
     """A user id that is not a non-empty str, an int (not bool) or a bson.ObjectId."""
 
 
-class InvalidAmount(BalanceRefillError, ValueError):  # noqa: N818 - reads like its siblings
+class InvalidAmount(BalanceRefillError, ValueError):
     """An amount that is not a finite integer in the accepted range."""
 
 
-class InvalidArgument(BalanceRefillError, ValueError):  # noqa: N818 - reads like its siblings
+class InvalidArgument(BalanceRefillError, ValueError):
     """Any other bad argument (an empty actor, a naive datetime, ...)."""
 
 
-class UnknownTier(BalanceRefillError, KeyError):  # noqa: N818 - reads like its siblings
+class UnknownTier(BalanceRefillError, KeyError):
     """A tier name the policy does not define."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
 
 
-class InsufficientCredits(BalanceRefillError):  # noqa: N818 - name is a public contract
+class InsufficientCredits(BalanceRefillError):
     """The balance does not cover the amount, and no refill is due."""
 
     def __init__(
@@ -51,7 +51,7 @@ class InsufficientCredits(BalanceRefillError):  # noqa: N818 - name is a public 
         )
 
 
-class UserNotFound(BalanceRefillError, LookupError):  # noqa: N818 - reads like its siblings
+class UserNotFound(BalanceRefillError, LookupError):
     """A read-only or admin operation named a user with no balance document."""
 
 
@@ -63,12 +63,14 @@ class ContentionError(BalanceRefillError, RuntimeError):
     """An operation lost its compare-and-swap too many times in a row."""
 
 
-class DuplicateBalances(BalanceRefillError, RuntimeError):  # noqa: N818 - reads like its siblings
+class DuplicateBalances(BalanceRefillError, RuntimeError):
     """Some users own more than one balance document (old LibreChat databases)."""
 
     def __init__(self, duplicates: Mapping[Any, int]) -> None:
         self.duplicates = dict(duplicates)
-        shown = ", ".join(f"{user!r} ({n} documents)" for user, n in list(self.duplicates.items())[:20])
+        shown = ", ".join(
+            f"{user!r} ({n} documents)" for user, n in list(self.duplicates.items())[:20]
+        )
         more = len(self.duplicates) - 20
         tail = f" and {more} more" if more > 0 else ""
         super().__init__(
@@ -78,7 +80,7 @@ class DuplicateBalances(BalanceRefillError, RuntimeError):  # noqa: N818 - reads
         )
 
 
-class SweepLocked(BalanceRefillError, RuntimeError):  # noqa: N818 - reads like its siblings
+class SweepLocked(BalanceRefillError, RuntimeError):
     """Another sweep holds the lease."""
 
     def __init__(self, holder: str, expires_at: datetime) -> None:

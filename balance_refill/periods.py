@@ -47,7 +47,9 @@ class Interval:
 
     def __post_init__(self) -> None:
         if (self.months > 0) == (self.delta > timedelta(0)):
-            raise ValueError("an interval is either a positive number of months or a positive duration")
+            raise ValueError(
+                "an interval is either a positive number of months or a positive duration"
+            )
         if self.months > MAX_MONTHS or self.delta > MAX_DELTA:
             raise ValueError("an interval must be at most 100 years")
         if self.delta and self.delta % _MS:
@@ -102,7 +104,9 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Europe/Paris')") from exc
+        raise ValueError(
+            f"unknown time zone {name!r} (use an IANA name such as 'Europe/Paris')"
+        ) from exc
 
 
 def parse_interval(value: str | timedelta | Interval) -> Interval:
@@ -223,7 +227,17 @@ def due_cutoff(period: Period, now: datetime) -> datetime:
     if landing < now.day:  # every day of the earlier month lands before today
         return add_months(prev, 1) - _MS
     if landing == now.day:
-        return prev.replace(day=last_of_prev, hour=now.hour, minute=now.minute, second=now.second,
-                            microsecond=now.microsecond)
-    return prev.replace(day=now.day, hour=now.hour, minute=now.minute, second=now.second,
-                        microsecond=now.microsecond)
+        return prev.replace(
+            day=last_of_prev,
+            hour=now.hour,
+            minute=now.minute,
+            second=now.second,
+            microsecond=now.microsecond,
+        )
+    return prev.replace(
+        day=now.day,
+        hour=now.hour,
+        minute=now.minute,
+        second=now.second,
+        microsecond=now.microsecond,
+    )

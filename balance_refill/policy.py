@@ -135,8 +135,15 @@ class RefillPolicy(BaseModel):
             raise ValueError(f"the balance section must be a mapping, got {type(mapping).__name__}")
         if "balance" in mapping and isinstance(mapping["balance"], Mapping):
             mapping = mapping["balance"]
-        known = {"enabled", "startBalance", "autoRefillEnabled", "refillIntervalValue",
-                 "refillIntervalUnit", "refillAmount", "tenantId"}
+        known = {
+            "enabled",
+            "startBalance",
+            "autoRefillEnabled",
+            "refillIntervalValue",
+            "refillIntervalUnit",
+            "refillAmount",
+            "tenantId",
+        }
         unknown = sorted(str(k) for k in mapping if k not in known)
         if unknown:
             raise ValueError(f"unknown key(s) in the balance section: {', '.join(unknown)}")
@@ -158,7 +165,9 @@ class RefillPolicy(BaseModel):
         if not auto_refill and amount == 0:
             amount = 10_000  # unused while auto refill is off; keeps the model valid
         if isinstance(amount, int) and not isinstance(amount, bool) and amount <= 0:
-            raise ValueError(f"refillAmount must be positive when auto refill is on, got {amount!r}")
+            raise ValueError(
+                f"refillAmount must be positive when auto refill is on, got {amount!r}"
+            )
         return cls(
             amount=amount,
             interval=f"{value}{_LIBRECHAT_UNITS[unit]}",
@@ -167,7 +176,6 @@ class RefillPolicy(BaseModel):
             start_balance=mapping.get("startBalance", 20_000),
             auto_refill=auto_refill,
         )
-
 
 
 class TieredPolicy(BaseModel):
@@ -184,7 +192,9 @@ class TieredPolicy(BaseModel):
             raise ValueError("a tiered policy needs at least one tier")
         for name in self.tiers:
             if not name or not name.strip() or name.startswith("$") or len(name) > 64:
-                raise ValueError(f"tier names must be 1-64 characters, not starting with '$': {name!r}")
+                raise ValueError(
+                    f"tier names must be 1-64 characters, not starting with '$': {name!r}"
+                )
         if self.default_tier not in self.tiers:
             raise ValueError(
                 f"default_tier {self.default_tier!r} is not one of the tiers: {', '.join(self.tiers)}"

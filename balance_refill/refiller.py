@@ -140,7 +140,9 @@ class BalanceRefiller:
         if not inserted:
             log.info("ledger row %s already existed; clearing its marker", row.get("_id"))
         await self._store.update_balance(
-            "clear pending ledger marker", D.clear_pending_filter(doc_id, row["_id"]), D.CLEAR_PENDING
+            "clear pending ledger marker",
+            D.clear_pending_filter(doc_id, row["_id"]),
+            D.CLEAR_PENDING,
         )
 
     def _cas_filter(self, doc: D.BalanceDoc) -> dict[str, Any]:
@@ -235,7 +237,9 @@ class BalanceRefiller:
             mine = (op_id, plan)
             if after is not None:
                 return self._state(after, now, refilled=True, granted=plan.granted)
-        raise ContentionError(f"ensure_balance for {user!r} lost {self._max_attempts} races in a row")
+        raise ContentionError(
+            f"ensure_balance for {user!r} lost {self._max_attempts} races in a row"
+        )
 
     async def spend(
         self, user_id: object, amount: int, *, request_id: str | None = None
@@ -248,7 +252,11 @@ class BalanceRefiller:
         """
         user = check_user_id(user_id)
         amount = check_amount(amount, what="amount")
-        rid = uuid.uuid4().hex if request_id is None else check_text(request_id, what="request_id", max_length=128)
+        rid = (
+            uuid.uuid4().hex
+            if request_id is None
+            else check_text(request_id, what="request_id", max_length=128)
+        )
         now = self.now()
         pipeline = D.spend_pipeline(amount, rid, now)
         mine: tuple[ObjectId, RefillPlan] | None = None
@@ -260,7 +268,9 @@ class BalanceRefiller:
             doc = await self._settled(D.parse(raw))
             outcome = D.spend_outcome(doc, amount, rid)
             if outcome == "charged":
-                charged = dataclasses.replace(doc, balance=doc.balance - amount, spent=doc.spent + amount)
+                charged = dataclasses.replace(
+                    doc, balance=doc.balance - amount, spent=doc.spent + amount
+                )
                 return self._state(charged, now)
             if outcome == "duplicate":
                 if mine is not None and doc.op_id == mine[0]:  # our refill's reply was lost
@@ -269,7 +279,9 @@ class BalanceRefiller:
             plan = plan_refill(self._tiers, doc, now, needed=amount)
             if plan is None:
                 raise InsufficientCredits(
-                    user, balance=doc.balance, amount=amount,
+                    user,
+                    balance=doc.balance,
+                    amount=amount,
                     next_refill_at=next_refill(self._tiers, doc, now),
                 )
             charge = amount if plan.after >= amount else 0
@@ -281,7 +293,9 @@ class BalanceRefiller:
                 continue  # lost a race: charge again from the fresh state
             if not charge:
                 raise InsufficientCredits(
-                    user, balance=after.balance, amount=amount,
+                    user,
+                    balance=after.balance,
+                    amount=amount,
                     next_refill_at=next_refill(self._tiers, after, now),
                 )
             return self._state(after, now, refilled=True, granted=plan.granted)
@@ -295,8 +309,11 @@ class BalanceRefiller:
         settled = 0
         while True:
             docs = await self._store.iterate(
-                self._store.balances, {D.PENDING: {"$exists": True}},
-                sort=[("_id", 1)], limit=batch_size, projection={D.PENDING: 1},
+                self._store.balances,
+                {D.PENDING: {"$exists": True}},
+                sort=[("_id", 1)],
+                limit=batch_size,
+                projection={D.PENDING: 1},
             )
             rows = [d[D.PENDING] for d in docs if isinstance(d.get(D.PENDING), Mapping)]
             if not rows:
@@ -307,7 +324,8 @@ class BalanceRefiller:
                 if isinstance(row, Mapping):
                     await self._store.update_balance(
                         "clear pending ledger marker",
-                        D.clear_pending_filter(doc["_id"], row["_id"]), D.CLEAR_PENDING,
+                        D.clear_pending_filter(doc["_id"], row["_id"]),
+                        D.CLEAR_PENDING,
                     )
                     settled += 1
             if len(docs) < batch_size:
@@ -321,13 +339,13 @@ class BalanceRefiller:
         """
         store = self._store
         names = [
-            await store.create_index(store.balances, [(D.USER, 1), ("_id", 1)], name="user_1__id_1"),
+            await store.create_index(
+                store.balances, [(D.USER, 1), ("_id", 1)], name="user_1__id_1"
+            ),
             await store.create_index(
                 store.balances, [(f"{D.PENDING}._id", 1)], name="pendingLedger_id", sparse=True
             ),
-            await store.create_index(
-                store.balances, [(D.LAST_REFILL, 1)], name="lastRefill_1"
-            ),
+            await store.create_index(store.balances, [(D.LAST_REFILL, 1)], name="lastRefill_1"),
         ]
         if store.ledger is not None:
             names.append(
@@ -347,4 +365,3 @@ class BalanceRefiller:
         if duplicates:
             raise DuplicateBalances({d["_id"]: int(d["n"]) for d in duplicates})
         return names
-

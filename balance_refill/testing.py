@@ -135,13 +135,16 @@ class RecordingCollection:
 
     def __getattr__(self, attr: str) -> Any:
         if attr in CALL_METHODS:
+
             async def call(*args: Any, **kwargs: Any) -> Any:
                 return await self._call(attr, args, kwargs)
 
             return call
         return getattr(self._inner, attr)
 
-    def _record(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Call, int]:
+    def _record(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Call, int]:
         call = Call(self.name, method, args, kwargs)
         index = len(self.log.calls)
         self.log.calls.append(call)

@@ -51,7 +51,10 @@ def policy() -> RefillPolicy:
 
 @pytest.fixture
 def make_refiller(
-    balances: RecordingCollection, ledger: RecordingCollection, clock: FakeClock, policy: RefillPolicy
+    balances: RecordingCollection,
+    ledger: RecordingCollection,
+    clock: FakeClock,
+    policy: RefillPolicy,
 ) -> Callable[..., BalanceRefiller]:
     """Build a refiller on the recording collections; keyword arguments override."""
 
@@ -59,7 +62,9 @@ def make_refiller(
         kwargs.setdefault("ledger", ledger)
         kwargs.setdefault("clock", clock)
         kwargs.setdefault("retry_delay", 0)
-        return BalanceRefiller(kwargs.pop("balances", balances), kwargs.pop("policy", policy), **kwargs)
+        return BalanceRefiller(
+            kwargs.pop("balances", balances), kwargs.pop("policy", policy), **kwargs
+        )
 
     return make
 

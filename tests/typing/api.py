@@ -1,0 +1,40 @@
+"""Exercises the public API under mypy --strict (never run, only type-checked)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from bson import ObjectId
+from pymongo import AsyncMongoClient
+
+from balance_refill import (
+    BalanceRefiller,
+    BalanceRefillError,
+    BalanceState,
+    InsufficientCredits,
+    RefillPolicy,
+    TieredPolicy,
+)
+
+
+async def typed_usage() -> None:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient("mongodb://localhost", tz_aware=True)
+    db = client["LibreChat"]
+    policy = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
+    monthly = RefillPolicy(amount=5, calendar="month", timezone="Europe/Paris")
+    tiers = TieredPolicy(tiers={"regular": policy, "heavy": monthly}, default_tier="regular")
+    refiller = BalanceRefiller(
+        db["balances"], tiers, ledger=db["transactions"], clock=lambda: datetime.now(UTC)
+    )
+    await refiller.ensure_indexes()
+    state: BalanceState = await refiller.ensure_balance(ObjectId(), needed=5)
+    when: datetime | None = state.next_refill_at
+    try:
+        state = await refiller.spend("user-1", 10, request_id="req-1")
+    except InsufficientCredits as exc:
+        balance: int = exc.balance
+        del balance
+    except BalanceRefillError:
+        raise
+    del when, timedelta
+    await refiller.flush_pending()
