@@ -228,3 +228,36 @@ async def _aiter(cursor: Any) -> AsyncIterator[Any]:
     else:  # a synchronous iterator (some mocks)
         for doc in cursor:
             yield doc
+
+
+class Connection:
+    """Collections opened from settings: a real server, or the embedded mock."""
+
+    def __init__(self, client: Any, database: Any, *, mock: bool) -> None:
+        self.client = client
+        self.database = database
+        self.mock = mock
+
+    def collection(self, name: str) -> Any:
+        return self.database[name]
+
+    async def close(self) -> None:
+        closed = self.client.close()
+        if inspect.isawaitable(closed):
+            await closed
+
+
+def connect(uri: str | None, database: str) -> Connection:
+    """Open `database` at `uri` with pymongo's async client (tz-aware), or the mock."""
+    if uri is None:
+        from mongomock_motor import AsyncMongoMockClient  # noqa: PLC0415 - only when asked for
+
+        client: Any = AsyncMongoMockClient(tz_aware=True)
+        return Connection(client, client[database], mock=True)
+    from pymongo import AsyncMongoClient  # noqa: PLC0415 - keeps import time low for mock users
+
+    try:
+        client = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+    except (PyMongoError, ValueError) as exc:
+        raise StorageError(f"cannot use MONGODB_URI: {type(exc).__name__}") from exc
+    return Connection(client, client[database], mock=False)

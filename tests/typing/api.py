@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from bson import ObjectId
 from pymongo import AsyncMongoClient
@@ -18,7 +18,9 @@ from balance_refill import (
 
 
 async def typed_usage() -> None:
-    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient("mongodb://localhost", tz_aware=True)
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+        "mongodb://localhost", tz_aware=True
+    )
     db = client["LibreChat"]
     policy = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
     monthly = RefillPolicy(amount=5, calendar="month", timezone="Europe/Paris")
@@ -36,5 +38,5 @@ async def typed_usage() -> None:
         del balance
     except BalanceRefillError:
         raise
-    del when, timedelta
+    del when
     await refiller.flush_pending()

@@ -1,0 +1,143 @@
+"""The contract suite on a real MongoDB server: runs when MONGODB_URI is set, skipped otherwise.
+
+Run it with a local replica set, for example:
+    mongod --replSet rs0 --dbpath /tmp/db --port 27017 &
+    mongosh --eval 'rs.initiate()'
+    MONGODB_URI=mongodb://localhost:27017/?replicaSet=rs0 python -m pytest tests/test_contract.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
+from balance_refill.testing import CallLog, FakeClock, RecordingCollection
+
+from .test_querylint import exercise
+
+URI = os.environ.get("MONGODB_URI")
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(not URI, reason="MONGODB_URI is not set: no real server to test against"),
+]
+
+
+@pytest.fixture
+async def server_db() -> AsyncIterator[Any]:
+    from pymongo import AsyncMongoClient
+
+    assert URI
+    client: Any = AsyncMongoClient(URI, tz_aware=True)
+    name = f"balance_refill_contract_{uuid.uuid4().hex[:8]}"
+    try:
+        yield client[name]
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+@pytest.fixture
+def server_clock() -> FakeClock:
+    return FakeClock(datetime(2026, 1, 15, 12, tzinfo=UTC))
+
+
+def make(db: Any, clock: FakeClock, log: CallLog | None = None, **policy: Any) -> BalanceRefiller:
+    log = log or CallLog()
+    policy.setdefault("amount", 10_000)
+    policy.setdefault("interval", "30d")
+    policy.setdefault("start_balance", 20_000)
+    return BalanceRefiller(
+        RecordingCollection(db["balances"], log),
+        RefillPolicy(**policy),
+        ledger=RecordingCollection(db["transactions"], log),
+        clock=clock,
+        max_attempts=500,
+    )
+
+
+async def test_budgets_on_server(server_db: Any, server_clock: FakeClock) -> None:
+    """The call budgets hold on a real server."""
+    log = CallLog()
+    refiller = make(server_db, server_clock, log)
+    await refiller.ensure_indexes()
+    log.reset()
+    assert (await refiller.ensure_balance(ObjectId())).balance == 20_000
+    assert log.count == 1
+    user = ObjectId()
+    await server_db["balances"].insert_one(
+        {"user": user, "tokenCredits": 5, "lastRefill": server_clock() - timedelta(days=31)}
+    )
+    log.reset()
+    state = await refiller.spend(user, 100)
+    assert (state.refilled, state.balance, log.count <= 4) == (True, 9_900, True)
+    log.reset()
+    await refiller.spend(user, 100)
+    assert log.count == 1
+
+
+async def test_concurrent_first_seen_one_document(server_db: Any, server_clock: FakeClock) -> None:
+    """Truly concurrent first requests of a new user leave one document."""
+    refiller = make(server_db, server_clock)
+    user = ObjectId()
+    await asyncio.gather(
+        *(refiller.ensure_balance(user) for _ in range(100)),
+        *(refiller.spend(user, 1) for _ in range(100)),
+    )
+    assert await server_db["balances"].count_documents({"user": user}) == 1
+    assert (await server_db["balances"].find_one({"user": user}))["tokenCredits"] == 20_000 - 100
+
+
+async def test_concurrent_refill_once(server_db: Any, server_clock: FakeClock) -> None:
+    refiller = make(server_db, server_clock)
+    user = ObjectId()
+    await server_db["balances"].insert_one(
+        {"user": user, "tokenCredits": 0, "lastRefill": server_clock() - timedelta(days=31)}
+    )
+    states = await asyncio.gather(*(refiller.ensure_balance(user) for _ in range(200)))
+    assert sum(s.refilled for s in states) == 1
+    assert await server_db["transactions"].count_documents({"user": user}) == 1
+
+
+async def test_concurrent_spends_never_overdraw(server_db: Any, server_clock: FakeClock) -> None:
+    refiller = make(server_db, server_clock)
+    user = ObjectId()
+    await server_db["balances"].insert_one(
+        {"user": user, "tokenCredits": 100, "lastRefill": server_clock()}
+    )
+    results = await asyncio.gather(
+        *(refiller.spend(user, 1) for _ in range(300)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 100
+    assert all(isinstance(r, InsufficientCredits) for r in results if isinstance(r, BaseException))
+    assert (await server_db["balances"].find_one({"user": user}))["tokenCredits"] == 0
+
+
+@pytest.mark.parametrize("mode", ["top_up", "add", "reset"])
+async def test_every_operation_accepted_by_the_server(
+    server_db: Any, server_clock: FakeClock, mode: str
+) -> None:
+    """The lint scenario runs without a server error in every mode."""
+    refiller = make(
+        server_db, server_clock, amount=100, mode=mode, max_balance=150, start_balance=100
+    )
+    await exercise(refiller, server_db, server_clock)
+
+
+async def test_server_rejects_path_conflicts(server_db: Any) -> None:
+    """Sanity: the server rejects what the mock accepts, so the suite above means something."""
+    from pymongo.errors import OperationFailure
+
+    with pytest.raises(OperationFailure):
+        await server_db["balances"].find_one_and_update(
+            {"user": "x"},
+            {"$setOnInsert": {"tokenCredits": 0}, "$inc": {"tokenCredits": 1}},
+            upsert=True,
+        )

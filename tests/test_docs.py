@@ -1,0 +1,67 @@
+"""The README's code, the examples and the demo run here, so they cannot rot."""
+
+from __future__ import annotations
+
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from balance_refill.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_readme_has_python_examples() -> None:
+    assert readme_blocks()
+
+
+@pytest.mark.parametrize("index", range(len(readme_blocks())))
+def test_readme_python_blocks_run(index: int) -> None:
+    """Each ```python block in the README runs as written."""
+    code = readme_blocks()[index]
+    exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "readme"})  # noqa: S102 - our own README
+
+
+def test_readme_quickstart_commands() -> None:
+    """The README's two quickstart commands are the ones CI and the demo use."""
+    text = (ROOT / "README.md").read_text()
+    demo = "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/python -m balance_refill demo"
+    tests = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest"
+    assert demo in text
+    assert tests in text
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_chat_backend_example_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.setattr(sys, "argv", ["chat_backend.py"])
+    runpy.run_path(str(ROOT / "examples" / "chat_backend.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "retry of m0 charged again? False" in out
+    assert "Not enough credits" in out
+
+
+def test_demo_runs_on_the_mock(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m balance_refill demo` needs no server and prints a timeline."""
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "embedded mock" in out
+    assert "runs dry" in out
+    assert "refilled at login" in out
+    assert "refills paused" in out
+    summary = re.search(r"(\d+) refills, (\d+) ledger rows", out)
+    assert summary
+    assert summary[1] == summary[2] != "0"
