@@ -8,11 +8,9 @@ never read as an operator or a field path.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
-
-from bson import ObjectId
 
 from .periods import as_utc
 
@@ -52,10 +50,13 @@ class BalanceDoc:
     auto_refill: bool
     raw_auto: Any
     tier: str | None
+    raw_tier: Any
     refill_tier: str | None
     pinned: bool
+    raw_pinned: Any
     pending: Mapping[str, Any] | None
     spent: int
+    raw_spent: Any
     history: tuple[int, ...]
     recent: tuple[str, ...]
     last_seen: datetime | None
@@ -94,10 +95,13 @@ def parse(doc: Mapping[str, Any]) -> BalanceDoc:
         auto_refill=auto is not False,
         raw_auto=auto,
         tier=tier if isinstance(tier, str) else None,
+        raw_tier=tier,
         refill_tier=refill_tier if isinstance(refill_tier, str) else None,
         pinned=doc.get(PINNED) is True,
+        raw_pinned=doc.get(PINNED),
         pending=pending if isinstance(pending, Mapping) else None,
         spent=max(_int(doc.get(SPENT, 0)), 0),
+        raw_spent=doc.get(SPENT),
         history=tuple(_int(x) for x in history) if isinstance(history, list) else (),
         recent=tuple(x for x in recent if isinstance(x, str)) if isinstance(recent, list) else (),
         last_seen=_date(doc.get(LAST_SEEN)),
@@ -119,7 +123,9 @@ def cas_filter(doc: BalanceDoc) -> dict[str, Any]:
         CREDITS: doc.raw_balance,
         LAST_REFILL: doc.raw_last_refill,
         AUTO: doc.raw_auto,
-        TIER: doc.tier,
+        TIER: doc.raw_tier,
+        SPENT: doc.raw_spent,
+        PINNED: doc.raw_pinned,
         PENDING: None,
     }
 
@@ -200,8 +206,14 @@ def spend_outcome(doc: BalanceDoc, amount: int, request_id: str) -> str:
     return "insufficient"
 
 
-def new_row_id() -> ObjectId:
-    return ObjectId()
+def after_uncharged_spend(doc: BalanceDoc) -> BalanceDoc:
+    """The document as `spend_pipeline` left it when it did not charge: it still wrote
+    missing or null counters as 0 (so a compare-and-swap must expect those values)."""
+    return replace(
+        doc,
+        raw_balance=0 if doc.raw_balance is None else doc.raw_balance,
+        raw_spent=0 if doc.raw_spent is None else doc.raw_spent,
+    )
 
 
 def clear_pending_filter(doc_id: Any, row_id: Any) -> dict[str, Any]:

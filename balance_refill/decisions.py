@@ -6,22 +6,28 @@ answer with a compare-and-swap; the sweep does the same. Nothing here does I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from ._docs import BalanceDoc
-from .periods import is_due, next_refill_at
-from .policy import RefillMode, RefillPolicy, TieredPolicy
+from ._docs import HISTORY_LENGTH, BalanceDoc
+from .periods import is_due, next_refill_at, periods_elapsed
+from .policy import AdaptiveAmount, RefillMode, RefillPolicy, TieredPolicy
 
 
 @dataclass(frozen=True, slots=True)
 class RefillPlan:
-    """What one refill does: the tier it applies, and the balance before and after."""
+    """What one refill does: the tier it applies (after activity rules), the amount it
+    uses (fixed or adaptive), the balance before and after, and the spend history the
+    document keeps afterwards (oldest period first)."""
 
     tier: str
     policy: RefillPolicy
     before: int
     after: int
+    amount: int
+    previous_tier: str | None = None
+    history: tuple[int, ...] = ()
 
     @property
     def granted(self) -> int:
@@ -69,6 +75,45 @@ def period_elapsed(tiers: TieredPolicy, doc: BalanceDoc, now: datetime) -> bool:
     return is_due(tiers.tiers[period_tier(tiers, doc)].period, doc.last_refill, now)
 
 
+def closing_history(tiers: TieredPolicy, doc: BalanceDoc, now: datetime) -> tuple[int, ...]:
+    """The spend history after closing the current period at `now`: the credits spent
+    since the last refill, then a zero for each whole period the user missed."""
+    missed = 0
+    if doc.last_refill is not None:
+        period = tiers.tiers[period_tier(tiers, doc)].period
+        missed = max(0, periods_elapsed(period, doc.last_refill, now, cap=HISTORY_LENGTH + 1) - 1)
+    history = (*doc.history, doc.spent, *([0] * missed))
+    return history[-HISTORY_LENGTH:]
+
+
+def apply_rules(tiers: TieredPolicy, tier: str, history: tuple[int, ...], *, pinned: bool) -> str:
+    """The tier the activity rules move a user to (the first rule that fires wins)."""
+    if pinned:
+        return tier
+    for rule in tiers.rules:
+        if rule.from_tier != tier:
+            continue
+        allowance = tiers.tiers[rule.from_tier].amount
+        recent = history[-rule.of_last :]
+        if rule.min_usage is not None:
+            hits = sum(spent >= rule.min_usage * allowance for spent in recent)
+        else:
+            assert rule.max_usage is not None  # noqa: S101 - guaranteed by validation
+            hits = sum(spent < rule.max_usage * allowance for spent in recent)
+        if hits >= rule.periods:
+            return rule.to_tier
+    return tier
+
+
+def adaptive_amount(adaptive: AdaptiveAmount, base: int, history: tuple[int, ...]) -> int:
+    """EWMA of spend per period (starting from `base`) times headroom, clamped."""
+    estimate = float(base)
+    for spent in history:
+        estimate = adaptive.alpha * spent + (1 - adaptive.alpha) * estimate
+    sized = math.ceil(estimate * adaptive.headroom - 1e-9)
+    return min(adaptive.max_amount, max(adaptive.min_amount, sized))
+
+
 def plan_refill(
     tiers: TieredPolicy, doc: BalanceDoc, now: datetime, needed: int = 0, *, force: bool = False
 ) -> RefillPlan | None:
@@ -76,16 +121,31 @@ def plan_refill(
 
     Due when all hold: auto refill is on (for the user and the tier), the period has
     elapsed, and the balance is below max(threshold, needed). `force` (an admin's
-    `refill_now`) skips all three. A refill that would change nothing is not made.
+    `refill_now`) skips all three and leaves the tier alone. The activity rules then
+    pick the tier, whose amount (fixed or adaptive), mode and cap apply. A refill that
+    would change nothing is not made (unless forced).
     """
     tier = assigned_tier(tiers, doc)
-    policy = tiers.tiers[tier]
     if not force:
         if not auto_refill_on(tiers, doc) or not period_elapsed(tiers, doc, now):
             return None
-        if doc.balance >= max(policy.effective_threshold, needed):
+        if doc.balance >= max(tiers.tiers[tier].effective_threshold, needed):
             return None
-    after = refill_level(policy.mode, policy.amount, policy.max_balance, doc.balance)
-    if after == doc.balance and not force:
+    history = closing_history(tiers, doc, now)
+    new_tier = tier if force else apply_rules(tiers, tier, history, pinned=doc.pinned)
+    policy = tiers.tiers[new_tier]
+    amount = policy.amount
+    if policy.adaptive is not None:
+        amount = adaptive_amount(policy.adaptive, policy.amount, history)
+    after = refill_level(policy.mode, amount, policy.max_balance, doc.balance)
+    if after == doc.balance and not force and new_tier == tier:
         return None
-    return RefillPlan(tier=tier, policy=policy, before=doc.balance, after=after)
+    return RefillPlan(
+        tier=new_tier,
+        policy=policy,
+        before=doc.balance,
+        after=after,
+        amount=amount,
+        previous_tier=tier if new_tier != tier else None,
+        history=history,
+    )

@@ -11,6 +11,10 @@ from .decisions import RefillPlan
 
 AUTO_REFILL = "autoRefill"
 ADMIN = "admin"
+SET_BALANCE = "setBalance"
+SET_TIER = "setTier"
+SET_AUTO_REFILL = "setAutoRefill"
+REFILL_NOW = "refillNow"
 SOURCE = "balance_refill"
 
 
@@ -41,6 +45,8 @@ def refill_row(
         "balanceAfter": plan.after,
         "source": SOURCE,
     }
+    if plan.previous_tier is not None:
+        row["previousTier"] = plan.previous_tier
     if actor is not None:
         row["actor"] = actor
     if reason is not None:

@@ -241,3 +241,16 @@ def due_cutoff(period: Period, now: datetime) -> datetime:
         second=now.second,
         microsecond=now.microsecond,
     )
+
+
+def periods_elapsed(period: Period, last_refill: datetime, now: datetime, *, cap: int = 64) -> int:
+    """How many period boundaries lie in (last_refill, now], at most `cap`."""
+    if isinstance(period, Interval) and not period.months:
+        return min(cap, max(0, (now - last_refill) // period.delta))
+    count, mark = 0, last_refill
+    while count < cap:
+        mark = next_refill_at(period, mark)
+        if mark > now:
+            break
+        count += 1
+    return count

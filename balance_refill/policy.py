@@ -48,6 +48,31 @@ _LIBRECHAT_UNITS = {
 }
 
 
+class AdaptiveAmount(BaseModel):
+    """Size each refill from the user's own usage.
+
+    amount = clamp(ceil(EWMA(spend per period) x headroom), min_amount, max_amount),
+    where the EWMA starts from the tier's `amount` and weighs the newest period by
+    `alpha`. Light users get little, heavy users about what they use, and no refill ever
+    exceeds `max_amount`, so the total issued stays bounded.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alpha: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    headroom: Annotated[float, Field(ge=1, le=100, allow_inf_nan=False)] = 1.2
+    min_amount: Annotated[StrictInt, Field(gt=0, le=MAX_SAFE_INT)]
+    max_amount: Annotated[StrictInt, Field(gt=0, le=MAX_SAFE_INT)]
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        if self.min_amount > self.max_amount:
+            raise ValueError(
+                f"adaptive min_amount ({self.min_amount}) is above max_amount ({self.max_amount})"
+            )
+        return self
+
+
 class RefillPolicy(BaseModel):
     """How and when one user's credits are refilled.
 
@@ -66,6 +91,7 @@ class RefillPolicy(BaseModel):
     max_balance: Credits | None = None
     start_balance: Credits = 0
     auto_refill: StrictBool = True
+    adaptive: AdaptiveAmount | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -96,6 +122,11 @@ class RefillPolicy(BaseModel):
                     f"threshold ({self.effective_threshold}) is above max_balance "
                     f"({self.max_balance}): refills there could grant nothing"
                 )
+            if self.adaptive is not None and self.adaptive.max_amount > self.max_balance:
+                raise ValueError(
+                    f"adaptive max_amount ({self.adaptive.max_amount}) is above max_balance "
+                    f"({self.max_balance})"
+                )
         return self
 
     @property
@@ -121,6 +152,7 @@ class RefillPolicy(BaseModel):
             "max_balance": self.max_balance,
             "start_balance": self.start_balance,
             "auto_refill": self.auto_refill,
+            "adaptive": None if self.adaptive is None else self.adaptive.model_dump(),
         }
 
     @classmethod
@@ -178,13 +210,58 @@ class RefillPolicy(BaseModel):
         )
 
 
+class TierRule(BaseModel):
+    """Move users from one tier to another on recent usage, evaluated at refill time.
+
+    Usage of a period is the credits spent in it divided by `from_tier`'s `amount`. The
+    rule fires when at least `periods` of the last `of_last` periods have usage
+    >= `min_usage` (a promotion, e.g. 0.8) or < `max_usage` (a demotion, e.g. 0.1).
+    Periods in which the user did not show up count as zero usage.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    from_tier: str
+    to_tier: str
+    min_usage: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    max_usage: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    periods: Annotated[StrictInt, Field(ge=1, le=6)] = 1
+    of_last: Annotated[StrictInt, Field(ge=1, le=6)] = 1
+
+    @model_validator(mode="after")
+    def _check_rule(self) -> Self:
+        if (self.min_usage is None) == (self.max_usage is None):
+            raise ValueError(
+                "a tier rule needs exactly one of min_usage (promote) and max_usage (demote)"
+            )
+        if self.periods > self.of_last:
+            raise ValueError(f"periods ({self.periods}) cannot exceed of_last ({self.of_last})")
+        if self.from_tier == self.to_tier:
+            raise ValueError(
+                f"a tier rule must move between two tiers, got {self.from_tier!r} twice"
+            )
+        return self
+
+    def describe(self) -> str:
+        if self.min_usage is not None:
+            test = f"spent >= {self.min_usage:.0%} of the allowance"
+        else:
+            test = f"spent < {self.max_usage:.0%} of the allowance"
+        return f"{self.from_tier} -> {self.to_tier} when {test} in {self.periods} of the last {self.of_last} periods"
+
+
 class TieredPolicy(BaseModel):
-    """Several named `RefillPolicy` tiers; a user's tier is stored on the balance document."""
+    """Several named `RefillPolicy` tiers; a user's tier is stored on the balance document.
+
+    `rules` (off by default) move users between tiers on their recent usage, at refill
+    time; a pinned user is never moved.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tiers: dict[str, RefillPolicy]
     default_tier: str
+    rules: tuple[TierRule, ...] = ()
 
     @model_validator(mode="after")
     def _check_tiers(self) -> Self:
@@ -199,6 +276,10 @@ class TieredPolicy(BaseModel):
             raise ValueError(
                 f"default_tier {self.default_tier!r} is not one of the tiers: {', '.join(self.tiers)}"
             )
+        for rule in self.rules:
+            for name in (rule.from_tier, rule.to_tier):
+                if name not in self.tiers:
+                    raise ValueError(f"tier rule names an unknown tier {name!r}")
         return self
 
     @classmethod
@@ -216,6 +297,7 @@ class TieredPolicy(BaseModel):
         return {
             "default_tier": self.default_tier,
             "tiers": {name: p.describe() for name, p in self.tiers.items()},
+            "rules": [rule.describe() for rule in self.rules],
         }
 
 

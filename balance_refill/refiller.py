@@ -20,11 +20,26 @@ from typing import Any
 from bson import ObjectId
 
 from . import _docs as D
-from ._ids import UserId, check_amount, check_text, check_user_id
+from ._ids import UserId, check_amount, check_text, check_user_id, describe
 from ._store import AsyncCollection, DuplicateKey, Store
-from .decisions import RefillPlan, assigned_tier, next_refill, plan_refill
-from .errors import ContentionError, DuplicateBalances, InsufficientCredits, InvalidArgument
-from .ledger import refill_row
+from .decisions import RefillPlan, assigned_tier, next_refill, period_tier, plan_refill
+from .errors import (
+    ContentionError,
+    DuplicateBalances,
+    InsufficientCredits,
+    InvalidArgument,
+    UnknownTier,
+    UserNotFound,
+)
+from .ledger import (
+    ADMIN,
+    REFILL_NOW,
+    SET_AUTO_REFILL,
+    SET_BALANCE,
+    SET_TIER,
+    change_row,
+    refill_row,
+)
 from .periods import as_utc
 from .policy import AnyPolicy, TieredPolicy, as_tiered
 from .state import BalanceState
@@ -177,21 +192,20 @@ class BalanceRefiller:
         return after
 
     def _refill_update(
-        self, doc: D.BalanceDoc, plan: RefillPlan, now: datetime, op_id: ObjectId, charge: int
+        self, plan: RefillPlan, now: datetime, op_id: ObjectId, charge: int
     ) -> dict[str, Any]:
-        update: dict[str, Any] = {
-            "$set": {
-                D.CREDITS: plan.after - charge,
-                D.LAST_REFILL: now,
-                D.REFILL_TIER: plan.tier,
-                D.SPENT: charge,
-                D.OP_ID: op_id,
-                **self._librechat_fields(plan.tier),
-            },
-            "$max": {D.LAST_SEEN: now},
-            "$push": {D.HISTORY: {"$each": [doc.spent], "$slice": -D.HISTORY_LENGTH}},
+        sets: dict[str, Any] = {
+            D.CREDITS: plan.after - charge,
+            D.LAST_REFILL: now,
+            D.REFILL_TIER: plan.tier,
+            D.SPENT: charge,
+            D.HISTORY: list(plan.history),
+            D.OP_ID: op_id,
+            **self._librechat_fields(plan.tier),
         }
-        return update
+        if plan.previous_tier is not None:
+            sets[D.TIER] = plan.tier
+        return {"$set": sets, "$max": {D.LAST_SEEN: now}}
 
     async def _refill(
         self,
@@ -206,9 +220,9 @@ class BalanceRefiller:
         reason: str | None = None,
     ) -> tuple[D.BalanceDoc | None, ObjectId]:
         op_id = ObjectId()
-        update = self._refill_update(doc, plan, now, op_id, charge)
+        update = self._refill_update(plan, now, op_id, charge)
         if request_id is not None:
-            update["$push"][D.RECENT] = {"$each": [request_id], "$slice": -D.RECENT_WINDOW}
+            update["$push"] = {D.RECENT: {"$each": [request_id], "$slice": -D.RECENT_WINDOW}}
         row = refill_row(op_id, doc.user, now, plan, context=context, actor=actor, reason=reason)
         return await self._commit("refill", doc, update, row), op_id
 
@@ -276,6 +290,7 @@ class BalanceRefiller:
                 if mine is not None and doc.op_id == mine[0]:  # our refill's reply was lost
                     return self._state(doc, now, refilled=True, granted=mine[1].granted)
                 return self._state(doc, now)
+            doc = D.after_uncharged_spend(doc)
             plan = plan_refill(self._tiers, doc, now, needed=amount)
             if plan is None:
                 raise InsufficientCredits(
@@ -300,6 +315,216 @@ class BalanceRefiller:
                 )
             return self._state(after, now, refilled=True, granted=plan.granted)
         raise ContentionError(f"spend for {user!r} lost {self._max_attempts} races in a row")
+
+    # -- admin operations -------------------------------------------------------------
+
+    async def _change(
+        self,
+        what: str,
+        user_id: object,
+        change: Callable[[D.BalanceDoc, datetime, ObjectId], tuple[dict[str, Any], dict[str, Any]]],
+        *,
+        create: bool,
+    ) -> tuple[D.BalanceDoc, dict[str, Any], datetime]:
+        """Read the user's document, apply `change` (returning the update and its ledger
+        row) with a compare-and-swap, retrying lost races. A retry after a lost reply
+        recognises its own write by the op id, so each call changes the balance once."""
+        user = check_user_id(user_id)
+        now = self.now()
+        mine: tuple[ObjectId, dict[str, Any]] | None = None
+        for _ in range(self._max_attempts):
+            doc = await (self._read_or_create(user, now) if create else self._find(user))
+            if mine is not None and doc.op_id == mine[0]:
+                return doc, mine[1], now
+            op_id = ObjectId()
+            update, row = change(doc, now, op_id)
+            update.setdefault("$set", {})[D.OP_ID] = op_id
+            after = await self._commit(what, doc, update, row)
+            if after is not None:
+                return after, row, now
+            mine = (op_id, row)
+        raise ContentionError(f"{what} for {user!r} lost {self._max_attempts} races in a row")
+
+    async def _find(self, user: UserId) -> D.BalanceDoc:
+        raw = await self._store.find_balance(D.by_user(user))
+        if raw is None:
+            raise UserNotFound(f"user {user!r} has no balance document")
+        return await self._settled(D.parse(raw))
+
+    async def get_state(self, user_id: object) -> BalanceState:
+        """The user's state, read only: creates nothing, changes nothing (one call)."""
+        user = check_user_id(user_id)
+        now = self.now()
+        raw = await self._store.find_balance(D.by_user(user))
+        if raw is None:
+            raise UserNotFound(f"user {user!r} has no balance document")
+        return self._state(D.parse(raw), now)
+
+    async def grant(
+        self,
+        user_id: object,
+        amount: int,
+        *,
+        actor: str,
+        reason: str,
+        allow_negative: bool = False,
+    ) -> BalanceState:
+        """Add `amount` credits by hand (negative: a correction), with a ledger row
+        (`context: "admin"`). A correction never takes the balance below 0 unless
+        `allow_negative`; then `InsufficientCredits` is raised and nothing changes."""
+        amount = check_amount(amount, what="amount", allow_negative=True)
+        actor = check_text(actor, what="actor")
+        reason = check_text(reason, what="reason")
+
+        def change(
+            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            after = doc.balance + amount
+            if after < 0 and not allow_negative:
+                raise InsufficientCredits(
+                    doc.user,
+                    balance=doc.balance,
+                    amount=-amount,
+                    next_refill_at=next_refill(self._tiers, doc, now),
+                )
+            check_amount(after, what="resulting balance", allow_zero=True, allow_negative=True)
+            row = change_row(
+                op_id,
+                doc.user,
+                now,
+                context=ADMIN,
+                before=doc.balance,
+                after=after,
+                actor=actor,
+                reason=reason,
+            )
+            return {"$set": {D.CREDITS: after}}, row
+
+        doc, _, now = await self._change("grant", user_id, change, create=True)
+        return self._state(doc, now)
+
+    async def set_balance(
+        self, user_id: object, amount: int, *, actor: str, reason: str
+    ) -> BalanceState:
+        """Set the balance to `amount`; the ledger row (`context: "setBalance"`) records
+        the difference."""
+        amount = check_amount(amount, what="amount", allow_zero=True)
+        actor = check_text(actor, what="actor")
+        reason = check_text(reason, what="reason")
+
+        def change(
+            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            row = change_row(
+                op_id,
+                doc.user,
+                now,
+                context=SET_BALANCE,
+                before=doc.balance,
+                after=amount,
+                actor=actor,
+                reason=reason,
+            )
+            return {"$set": {D.CREDITS: amount}}, row
+
+        doc, _, now = await self._change("set_balance", user_id, change, create=True)
+        return self._state(doc, now)
+
+    async def set_tier(
+        self, user_id: object, tier: str, *, actor: str, pinned: bool | None = None
+    ) -> BalanceState:
+        """Assign `tier` (it takes effect at the user's next refill: the current period
+        keeps the period of the tier it started under). `pinned=True` keeps activity
+        rules from moving the user; `pinned=False` releases them; None leaves it."""
+        if not isinstance(tier, str) or tier not in self._tiers.tiers:
+            raise UnknownTier(
+                f"unknown tier {describe(tier)}; known tiers: {', '.join(self._tiers.tiers)}"
+            )
+        actor = check_text(actor, what="actor")
+        if pinned is not None and not isinstance(pinned, bool):
+            raise InvalidArgument(f"pinned must be True, False or None, got {describe(pinned)}")
+
+        def change(
+            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            previous = assigned_tier(self._tiers, doc)
+            sets: dict[str, Any] = {D.TIER: tier, D.REFILL_TIER: period_tier(self._tiers, doc)}
+            if pinned is not None:
+                sets[D.PINNED] = pinned
+            row = change_row(
+                op_id,
+                doc.user,
+                now,
+                context=SET_TIER,
+                before=doc.balance,
+                after=doc.balance,
+                actor=actor,
+                extra={
+                    "tier": tier,
+                    "previousTier": previous,
+                    "tierPinned": doc.pinned if pinned is None else pinned,
+                },
+            )
+            return {"$set": sets}, row
+
+        doc, _, now = await self._change("set_tier", user_id, change, create=False)
+        return self._state(doc, now)
+
+    async def set_auto_refill(self, user_id: object, enabled: bool, *, actor: str) -> BalanceState:
+        """Pause (`False`) or resume (`True`) automatic refills for one user."""
+        if not isinstance(enabled, bool):
+            raise InvalidArgument(f"enabled must be True or False, got {describe(enabled)}")
+        actor = check_text(actor, what="actor")
+
+        def change(
+            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            row = change_row(
+                op_id,
+                doc.user,
+                now,
+                context=SET_AUTO_REFILL,
+                before=doc.balance,
+                after=doc.balance,
+                actor=actor,
+                extra={"autoRefillEnabled": enabled},
+            )
+            return {"$set": {D.AUTO: enabled}}, row
+
+        doc, _, now = await self._change("set_auto_refill", user_id, change, create=False)
+        return self._state(doc, now)
+
+    async def refill_now(self, user_id: object, *, actor: str, reason: str) -> BalanceState:
+        """Refill immediately, ignoring the period and the threshold (not the pause's
+        absence: a paused user can be refilled by hand). The ledger row has
+        `context: "refillNow"`. One refill per call, even when retried after a lost reply."""
+        actor = check_text(actor, what="actor")
+        reason = check_text(reason, what="reason")
+
+        def change(
+            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            plan = plan_refill(self._tiers, doc, now, force=True)
+            assert plan is not None  # noqa: S101 - a forced plan always exists
+            update = self._refill_update(plan, now, op_id, charge=0)
+            row = refill_row(
+                op_id, doc.user, now, plan, context=REFILL_NOW, actor=actor, reason=reason
+            )
+            return update, row
+
+        doc, row, now = await self._change("refill_now", user_id, change, create=True)
+        return self._state(doc, now, refilled=True, granted=int(row["rawAmount"]))
+
+    async def history(self, user_id: object, limit: int = 50) -> list[dict[str, Any]]:
+        """The user's ledger rows, newest first (at most `limit`, 1 to 1000)."""
+        user = check_user_id(user_id)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be an int from 1 to 1000, got {describe(limit)}")
+        if self._store.ledger is None:
+            raise InvalidArgument("history needs a ledger collection")
+        return await self._store.iterate(
+            self._store.ledger, {D.USER: user}, sort=[("createdAt", -1), ("_id", -1)], limit=limit
+        )
 
     async def flush_pending(self, *, batch_size: int = 500) -> int:
         """Write every ledger row still pending in a balance document; returns how many

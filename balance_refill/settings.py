@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     balances_collection: str = "balances"
     transactions_collection: str = "transactions"
     leases_collection: str = "balance_refill_leases"
+    policy_file: str | None = Field(default=None, validation_alias="BALANCE_REFILL_POLICY")
 
     def database_name(self) -> str:
         """The database flag or variable, else the URI's path, else LibreChat's default."""

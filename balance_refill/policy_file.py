@@ -1,0 +1,91 @@
+"""Policy files: our own YAML schema, or LibreChat's `librechat.yaml`.
+
+Our schema is either one policy (the `RefillPolicy` fields) or tiers:
+
+    default_tier: regular
+    tiers:
+      regular: {amount: 10000, interval: 30d}
+      heavy: {amount: 50000, calendar: month, timezone: Europe/Paris}
+    rules:
+      - {from_tier: regular, to_tier: heavy, min_usage: 0.8, periods: 2, of_last: 3}
+
+A file with a `balance:` section (or LibreChat's `version:`/`endpoints:` keys) is read
+as `librechat.yaml` through `RefillPolicy.from_librechat`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import BalanceRefillError
+from .policy import AnyPolicy, RefillPolicy, TieredPolicy
+
+MAX_FILE_BYTES = 1_000_000
+_LIBRECHAT_KEYS = {"version", "endpoints", "interface", "registration", "cache", "fileStrategy"}
+
+
+class PolicyFileError(BalanceRefillError, ValueError):
+    """A policy file that cannot be read or does not describe a valid policy."""
+
+
+def _summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "policy"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def policy_from_mapping(data: object, *, source: str = "policy") -> AnyPolicy:
+    """Build a policy from parsed YAML (our schema or librechat.yaml)."""
+    if not isinstance(data, Mapping):
+        raise PolicyFileError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    librechat = "balance" in data or bool(_LIBRECHAT_KEYS & set(data))
+    section = data.get("balance")
+    if librechat and not isinstance(section, Mapping):
+        raise PolicyFileError(f"{source}: a librechat.yaml needs a 'balance:' mapping")
+    try:
+        if isinstance(section, Mapping):
+            return RefillPolicy.from_librechat(section)
+        if "tiers" in data:
+            return TieredPolicy.model_validate(dict(data))
+        return RefillPolicy.model_validate(dict(data))
+    except ValidationError as exc:
+        raise PolicyFileError(f"{source}: {_summary(exc)}") from exc
+    except (ValueError, TypeError) as exc:
+        raise PolicyFileError(f"{source}: {exc}") from exc
+
+
+def load_policy_text(text: str, *, source: str = "policy") -> AnyPolicy:
+    """Parse YAML text into a policy; any problem is a `PolicyFileError`."""
+    if len(text) > MAX_FILE_BYTES:
+        raise PolicyFileError(f"{source}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        data: Any = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PolicyFileError(f"{source}: not valid YAML ({first})") from exc
+    return policy_from_mapping(data, source=source)
+
+
+def load_policy_file(path: str | Path) -> AnyPolicy:
+    """Read a policy file (our schema or librechat.yaml)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise PolicyFileError(f"cannot read policy file {str(p)!r}: {exc.strerror}") from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise PolicyFileError(f"{p}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyFileError(f"{p}: not UTF-8 text") from exc
+    return load_policy_text(text, source=str(p))
