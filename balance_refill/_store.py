@@ -21,6 +21,7 @@ from pymongo.errors import (
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
+    ServerSelectionTimeoutError,
     WriteConcernError,
 )
 
@@ -70,6 +71,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (AutoReconnect, ConnectionFailure, 
 
 
 def _is_transient(exc: PyMongoError) -> bool:
+    if isinstance(exc, ServerSelectionTimeoutError):
+        return False  # the driver already waited serverSelectionTimeoutMS
     if isinstance(exc, TRANSIENT):
         return True
     return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
@@ -257,7 +260,10 @@ def connect(uri: str | None, database: str) -> Connection:
     from pymongo import AsyncMongoClient  # noqa: PLC0415 - keeps import time low for mock users
 
     try:
-        client = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+        options: dict[str, Any] = {"tz_aware": True}
+        if "serverselectiontimeoutms" not in uri.lower():
+            options["serverSelectionTimeoutMS"] = 5000
+        client = AsyncMongoClient(uri, **options)
     except (PyMongoError, ValueError) as exc:
         raise StorageError(f"cannot use MONGODB_URI: {type(exc).__name__}") from exc
     return Connection(client, client[database], mock=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -184,7 +185,8 @@ class _Output:
     def __init__(self, as_json: bool, stream: TextIO) -> None:
         self.as_json = as_json
         self.stream = stream
-        self.console = Console(file=stream, highlight=False, soft_wrap=True)
+        is_tty = hasattr(stream, "isatty") and stream.isatty()
+        self.console = Console(file=stream, highlight=False, width=None if is_tty else 160)
 
     def data(self, payload: Any, render: Callable[[], None]) -> None:
         if self.as_json:
@@ -389,8 +391,9 @@ def main(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse printed the usage error already
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage, help or the version already
         return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
