@@ -19,6 +19,7 @@ from .periods import Calendar, Interval, add_months, is_due, next_refill_at, par
 from .policy import RefillPolicy, TieredPolicy
 from .refiller import BalanceRefiller
 from .state import BalanceState
+from .sweep import SweepReport
 
 try:
     __version__ = version("balance_refill")
@@ -40,6 +41,7 @@ __all__ = [
     "RefillPolicy",
     "StorageError",
     "SweepLocked",
+    "SweepReport",
     "TieredPolicy",
     "UnknownTier",
     "UserNotFound",

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -57,6 +57,8 @@ class AsyncCollection(Protocol):
     async def count_documents(self, filter: Any, *args: Any, **kwargs: Any) -> int: ...
 
     async def create_index(self, keys: Any, **kwargs: Any) -> str: ...
+
+    async def bulk_write(self, requests: Any, *args: Any, **kwargs: Any) -> Any: ...
 
     def find(self, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -192,6 +194,77 @@ class Store:
             lambda: collection.create_index(list(keys), **options),
         )
 
+    async def count(self, collection: AsyncCollection, filter_: Mapping[str, Any]) -> int:
+        return int(
+            await self.run(f"count {collection.name}", lambda: collection.count_documents(filter_))
+        )
+
+    async def bulk_update(
+        self, what: str, ops: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+    ) -> tuple[int, int]:
+        """Send compare-and-swap updates in one unordered bulk write.
+
+        Returns (matched, failed): updates whose filter matched, and updates the server
+        rejected. Retrying the whole batch after a lost reply is safe: an applied
+        compare-and-swap no longer matches.
+        """
+        if not ops:
+            return 0, 0
+        requests = [UpdateOne(dict(f), dict(u)) for f, u in ops]
+
+        async def write() -> tuple[int, int]:
+            try:
+                result = await self.balances.bulk_write(requests, ordered=False)
+            except BulkWriteError as exc:
+                return int(exc.details.get("nMatched", 0)), len(exc.details.get("writeErrors", []))
+            return int(result.matched_count), 0
+
+        return await self.run(what, write)
+
+    async def update_many(
+        self, what: str, filter_: Mapping[str, Any], update: Mapping[str, Any]
+    ) -> int:
+        result = await self.run(what, lambda: self.balances.update_many(filter_, update))
+        return int(getattr(result, "modified_count", 0) or 0)
+
+    # -- leases ---------------------------------------------------------------------
+
+    async def try_insert(self, collection: AsyncCollection, doc: Mapping[str, Any]) -> bool:
+        """Insert `doc`; False if its _id exists."""
+        try:
+            await self.run(
+                f"insert into {collection.name}", lambda: collection.insert_one(dict(doc))
+            )
+        except DuplicateKey:
+            return False
+        return True
+
+    async def find_one_and_update(
+        self, collection: AsyncCollection, filter_: Mapping[str, Any], update: Mapping[str, Any]
+    ) -> Any:
+        return await self.run(
+            f"update {collection.name}",
+            lambda: collection.find_one_and_update(
+                filter_, update, return_document=ReturnDocument.AFTER
+            ),
+        )
+
+    async def update_one(
+        self, collection: AsyncCollection, filter_: Mapping[str, Any], update: Mapping[str, Any]
+    ) -> int:
+        result = await self.run(
+            f"update {collection.name}", lambda: collection.update_one(filter_, update)
+        )
+        return int(getattr(result, "matched_count", 0) or 0)
+
+    async def delete_one(self, collection: AsyncCollection, filter_: Mapping[str, Any]) -> None:
+        await self.run(
+            f"release lease in {collection.name}", lambda: collection.delete_one(filter_)
+        )
+
+    async def find_one(self, collection: AsyncCollection, filter_: Mapping[str, Any]) -> Any:
+        return await self.run(f"read {collection.name}", lambda: collection.find_one(filter_))
+
     # -- ledger ---------------------------------------------------------------------
 
     async def insert_row(self, row: Mapping[str, Any]) -> bool:
@@ -255,8 +328,10 @@ def connect(uri: str | None, database: str) -> Connection:
     if uri is None:
         from mongomock_motor import AsyncMongoMockClient  # noqa: PLC0415 - only when asked for
 
+        from .testing import MockDatabase  # noqa: PLC0415 - the mock's bulk_write shim
+
         client: Any = AsyncMongoMockClient(tz_aware=True)
-        return Connection(client, client[database], mock=True)
+        return Connection(client, MockDatabase(client[database]), mock=True)
     from pymongo import AsyncMongoClient  # noqa: PLC0415 - keeps import time low for mock users
 
     try:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -43,6 +43,9 @@ from .ledger import (
 from .periods import as_utc
 from .policy import AnyPolicy, TieredPolicy, as_tiered
 from .state import BalanceState
+from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
+
+DEFAULT_LEASES = "balance_refill_leases"
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class BalanceRefiller:
         policy: AnyPolicy,
         *,
         ledger: AsyncCollection | None = None,
+        leases: AsyncCollection | None = None,
         clock: Clock | None = None,
         max_attempts: int = 16,
         retry_attempts: int = 3,
@@ -77,6 +81,7 @@ class BalanceRefiller:
         self._store = Store(balances, ledger, attempts=retry_attempts, retry_delay=retry_delay)
         self._clock: Clock = clock or utc_now
         self._max_attempts = max(1, max_attempts)
+        self._leases = leases
 
     @property
     def tiers(self) -> TieredPolicy:
@@ -86,6 +91,19 @@ class BalanceRefiller:
     @property
     def has_ledger(self) -> bool:
         return self._store.ledger is not None
+
+    def leases_collection(self) -> AsyncCollection:
+        """Where the sweep keeps its lease: the `leases` collection given, else
+        `balance_refill_leases` in the balances collection's database."""
+        if self._leases is not None:
+            return self._leases
+        database = getattr(self._store.balances, "database", None)
+        if database is None:
+            raise InvalidArgument(
+                "the sweep needs a leases collection: pass leases=... to BalanceRefiller"
+            )
+        leases: AsyncCollection = database[DEFAULT_LEASES]
+        return leases
 
     # -- helpers --------------------------------------------------------------------
 
@@ -526,6 +544,34 @@ class BalanceRefiller:
             self._store.ledger, {D.USER: user}, sort=[("createdAt", -1), ("_id", -1)], limit=limit
         )
 
+    async def sweep(
+        self,
+        *,
+        active_within: timedelta | str | None = None,
+        batch_size: int = 500,
+        dry_run: bool = False,
+        limit: int | None = None,
+        progress: Progress | None = None,
+        lease_ttl: timedelta = LEASE_TTL,
+    ) -> SweepReport:
+        """Refill every due user in batches: the scheduled (cron) mode.
+
+        Same policy, decisions and compare-and-swap as `ensure_balance`, so it can run
+        beside lazy refills without double refills. Only one sweep runs at a time (a
+        second raises `SweepLocked`). `active_within` (e.g. "30d") skips users not seen
+        in that window; `dry_run` writes nothing and takes no lease; `limit` caps the
+        users scanned; `progress(scanned, total)` is called after each batch.
+        """
+        return await Sweep(
+            self,
+            active_within=active_within,
+            batch_size=batch_size,
+            dry_run=dry_run,
+            limit=limit,
+            progress=progress,
+            lease_ttl=lease_ttl,
+        ).run()
+
     async def flush_pending(self, *, batch_size: int = 500) -> int:
         """Write every ledger row still pending in a balance document; returns how many
         markers were settled (rows already present are not written twice)."""
@@ -570,7 +616,9 @@ class BalanceRefiller:
             await store.create_index(
                 store.balances, [(f"{D.PENDING}._id", 1)], name="pendingLedger_id", sparse=True
             ),
-            await store.create_index(store.balances, [(D.LAST_REFILL, 1)], name="lastRefill_1"),
+            await store.create_index(
+                store.balances, [(D.LAST_REFILL, 1), ("_id", 1)], name="lastRefill_1__id_1"
+            ),
         ]
         if store.ledger is not None:
             names.append(

@@ -11,7 +11,7 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from balance_refill import BalanceRefiller, RefillPolicy
-from balance_refill.testing import CallLog, FakeClock, RecordingCollection
+from balance_refill.testing import CallLog, FakeClock, MockDatabase, RecordingCollection
 
 START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -23,9 +23,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def db() -> AsyncIterator[Any]:
-    """A fresh mock database per test (tz-aware, like a real client should be)."""
+    """A fresh mock database per test (tz-aware, like a real client should be), whose
+    collections run bulk writes through the shim (mongomock's UpdateOne is broken)."""
     client = AsyncMongoMockClient(tz_aware=True)
-    yield client["balance_refill_test"]
+    yield MockDatabase(client["balance_refill_test"])
     client.close()
 
 

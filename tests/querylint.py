@@ -12,7 +12,19 @@ from balance_refill.testing import Call
 
 UPDATE_OPERATORS = {"$set", "$setOnInsert", "$inc", "$max", "$min", "$unset", "$push"}
 PUSH_MODIFIERS = {"$each", "$slice"}
-FILTER_OPERATORS = {"$gt", "$gte", "$lt", "$lte", "$ne", "$in", "$nin", "$exists", "$or", "$and"}
+FILTER_OPERATORS = {
+    "$gt",
+    "$gte",
+    "$lt",
+    "$lte",
+    "$ne",
+    "$in",
+    "$nin",
+    "$exists",
+    "$or",
+    "$and",
+    "$not",
+}
 PIPELINE_STAGES = {"$set"}
 EXPRESSION_OPERATORS = {
     "$cond",
@@ -159,7 +171,25 @@ def _lint_read(call: Call) -> list[str]:
     return _lint_filter(call.args[0]) if call.args else []
 
 
+def _lint_bulk(call: Call) -> list[str]:
+    from pymongo import InsertOne, UpdateOne
+
+    problems = []
+    for request in call.args[0]:
+        if isinstance(request, UpdateOne):
+            upsert = {"upsert": True} if request._upsert else {}
+            problems += _lint_write(
+                Call(call.collection, "update_one", (request._filter, request._doc), upsert)
+            )
+        elif isinstance(request, InsertOne):
+            problems += _lint_insert(Call(call.collection, "insert_one", (request._doc,), {}))
+        else:
+            problems.append(f"bulk request {type(request).__name__} is not covered by the lint")
+    return problems
+
+
 LINTERS = {
+    "bulk_write": _lint_bulk,
     "find_one_and_update": _lint_write,
     "update_one": _lint_write,
     "update_many": _lint_write,

@@ -141,3 +141,37 @@ async def test_server_rejects_path_conflicts(server_db: Any) -> None:
             {"$setOnInsert": {"tokenCredits": 0}, "$inc": {"tokenCredits": 1}},
             upsert=True,
         )
+
+
+async def test_sweep_on_server_uses_the_index(server_db: Any, server_clock: FakeClock) -> None:
+    """The sweep runs on a real server (bulk compare-and-swap included) and its candidate
+    query is answered from an index."""
+    from balance_refill.sweep import LEASE_TTL, Sweep
+
+    refiller = make(server_db, server_clock)
+    await refiller.ensure_indexes()
+    old = server_clock() - timedelta(days=31)
+    await server_db["balances"].insert_many(
+        [
+            {"user": ObjectId(), "tokenCredits": 0, "lastRefill": old if i % 2 else server_clock()}
+            for i in range(40)
+        ]
+    )
+    report = await refiller.sweep(batch_size=7)
+    assert (report.refilled, report.errors) == (20, 0)
+    assert await server_db["transactions"].count_documents({}) == 20
+    query = Sweep(
+        refiller,
+        active_within=None,
+        batch_size=7,
+        dry_run=False,
+        limit=None,
+        progress=None,
+        lease_ttl=LEASE_TTL,
+    ).candidates(server_clock())
+    explain = await server_db.command(
+        "explain",
+        {"find": "balances", "filter": query, "sort": {"lastRefill": 1, "_id": 1}, "limit": 7},
+        verbosity="queryPlanner",
+    )
+    assert "IXSCAN" in str(explain["queryPlanner"]["winningPlan"])

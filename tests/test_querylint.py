@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
-from balance_refill.testing import Call, CallLog, FakeClock
+from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
 
 from .querylint import lint
 
@@ -29,6 +29,23 @@ async def exercise(refiller: BalanceRefiller, db: Any, clock: FakeClock) -> None
     with contextlib.suppress(InsufficientCredits):
         await refiller.spend("due2", 10**9)
     await refiller.flush_pending()
+    await refiller.grant("first", 5, actor="a", reason="r")
+    await refiller.set_balance("first", 50, actor="a", reason="r")
+    await refiller.set_auto_refill("first", False, actor="a")
+    await refiller.set_auto_refill("first", True, actor="a")
+    await refiller.set_tier("first", refiller.tiers.default_tier, actor="a", pinned=True)
+    await refiller.refill_now("first", actor="a", reason="r")
+    await refiller.get_state("first")
+    await refiller.history("first")
+    await db["balances"].insert_many(
+        [
+            {"user": f"s{i}", "tokenCredits": 0, "lastRefill": clock() - timedelta(days=40)}
+            for i in range(5)
+        ]
+    )
+    await refiller.sweep(dry_run=True, active_within="90d")
+    await refiller.sweep(batch_size=2, active_within="90d")
+    await refiller.sweep(batch_size=2)
 
 
 @pytest.mark.parametrize("mode", ["top_up", "add", "reset"])
@@ -39,7 +56,8 @@ async def test_every_call_passes_the_lint(
     refiller = make_refiller(
         policy=RefillPolicy(
             amount=100, interval="30d", mode=mode, max_balance=150, start_balance=100
-        )
+        ),
+        leases=RecordingCollection(db["leases"], log),
     )
     await exercise(refiller, db, clock)
     assert log.count > 10
