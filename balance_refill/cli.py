@@ -13,12 +13,21 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
 from bson import ObjectId
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import __version__
@@ -145,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
     p = add("history", "a user's ledger rows, newest first")
     p.add_argument("user")
     p.add_argument("--limit", type=int, default=50)
+    p = add("sweep", "refill every due user in batches (the cron mode)")
+    p.add_argument("--active-within", help="only users seen within this window, e.g. 30d")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--dry-run", action="store_true", help="show what would happen; write nothing")
+    p.add_argument("--limit", type=int, default=None, help="scan at most N users")
     policy = add("policy", "policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     policy_sub.add_parser(
@@ -182,9 +196,10 @@ def _state_dict(state: BalanceState) -> dict[str, Any]:
 
 
 class _Output:
-    def __init__(self, as_json: bool, stream: TextIO) -> None:
+    def __init__(self, as_json: bool, stream: TextIO, err: TextIO) -> None:
         self.as_json = as_json
         self.stream = stream
+        self.err = err
         is_tty = hasattr(stream, "isatty") and stream.isatty()
         self.console = Console(file=stream, highlight=False, width=None if is_tty else 160)
 
@@ -289,6 +304,74 @@ async def _admin(args: argparse.Namespace, refiller: BalanceRefiller, out: _Outp
     return EXIT_OK
 
 
+class _PlainProgress:
+    """Periodic plain log lines for a sweep when the output is not a terminal."""
+
+    def __init__(self, stream: TextIO, every: float = 5.0) -> None:
+        self.stream = stream
+        self.every = every
+        self.start = time.monotonic()
+        self.last = -every
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every and done != total:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        total_text = "?" if total is None else str(total)
+        eta = f", ETA {max(total - done, 0) / rate:.0f}s" if total and rate > 0 else ""
+        self.stream.write(f"sweep: {done}/{total_text} users scanned, {rate:.0f}/s{eta}\n")
+        self.stream.flush()
+
+
+async def _sweep(args: argparse.Namespace, refiller: BalanceRefiller, out: _Output) -> int:
+    kwargs: dict[str, Any] = {
+        "active_within": args.active_within,
+        "batch_size": args.batch_size,
+        "dry_run": args.dry_run,
+        "limit": args.limit,
+    }
+    if out.console.is_terminal and not out.as_json:
+        columns = (
+            TextColumn("sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}/s"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=out.console) as bar:
+            task = bar.add_task("sweep", total=None, rate="-")
+
+            def advance(done: int, total: int | None) -> None:
+                speed = bar.tasks[0].speed
+                bar.update(task, completed=done, total=total, rate=f"{speed:.0f}" if speed else "-")
+
+            report = await refiller.sweep(progress=advance, **kwargs)
+    else:
+        report = await refiller.sweep(progress=_PlainProgress(out.err), **kwargs)
+
+    def render() -> None:
+        title = "sweep (dry run: nothing written)" if report.dry_run else "sweep"
+        table = Table(title=title, show_header=False)
+        table.add_row("scanned", str(report.scanned))
+        table.add_row("would refill" if report.dry_run else "refilled", str(report.refilled))
+        table.add_row("credits granted", str(report.granted))
+        for reason, count in report.skipped.items():
+            table.add_row(f"skipped: {reason}", str(count))
+        for tier, count in sorted(report.tiers.items()):
+            table.add_row(f"tier {tier}", str(count))
+        table.add_row("pending rows settled", str(report.settled_pending))
+        table.add_row("errors", str(report.errors))
+        table.add_row("duration", f"{report.duration.total_seconds():.2f}s")
+        out.console.print(table)
+
+    out.data(report.as_dict(), render)
+    return EXIT_OK if report.ok else EXIT_REFUSED
+
+
 def _policy_check(args: argparse.Namespace, out: _Output) -> int:
     policy = load_policy_file(args.file)
     tiers = as_tiered(policy)
@@ -362,7 +445,10 @@ async def _run(
             conn.collection(settings.balances_collection),
             policy,
             ledger=conn.collection(settings.transactions_collection),
+            leases=conn.collection(settings.leases_collection),
         )
+        if args.command == "sweep":
+            return await _sweep(args, refiller, out)
         return await _admin(args, refiller, out)
     finally:
         if owned:
@@ -412,7 +498,7 @@ def main(
             if value is not None
         }
         settings = Settings(**overrides)
-        return asyncio.run(_run(args, settings, connection, _Output(args.json, stdout)))
+        return asyncio.run(_run(args, settings, connection, _Output(args.json, stdout, stderr)))
     except (InsufficientCredits, UserNotFound, SweepLocked, ContentionError) as exc:
         stderr.write(f"refused: {_redact(str(exc), settings)}\n")
         return EXIT_REFUSED

@@ -224,3 +224,108 @@ def test_demo_subcommand(run: Run) -> None:
     code, out, _ = run("demo", "--days", "35", policy=False)
     assert code == 0
     assert "refilled at login" in out
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _seed_due(db: Any, n: int) -> None:
+    from datetime import UTC, datetime
+
+    async def seed() -> None:
+        await db["balances"].insert_many(
+            [
+                {
+                    "user": f"s{i}",
+                    "tokenCredits": 0,
+                    "lastRefill": datetime(2000, 1, 1, tzinfo=UTC),
+                    "lastSeen": datetime(2025, 12, 31, tzinfo=UTC),
+                }
+                for i in range(n)
+            ]
+        )
+
+    asyncio.run(seed())
+
+
+def test_sweep_dry_run_then_real(run: Run, db: Any) -> None:
+    _seed_due(db, 12)
+    dry = run.json("sweep", "--dry-run", "--batch-size", "5")
+    assert (dry["dry_run"], dry["refilled"], dry["batches"]) == (True, 12, 3)
+    code, out, err = run("sweep", "--batch-size", "5", "--active-within", "36000d")
+    assert code == 0, err
+    assert "refilled" in out and "12" in out
+    assert "users scanned" in err  # plain progress lines when not a terminal
+    again = run.json("sweep")
+    assert again["refilled"] == 0
+
+
+def test_sweep_progress_bar_on_a_terminal(
+    conn: Connection, policy_file: Path, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    _seed_due(db, 7)
+    out, err = _Tty(), io.StringIO()
+    assert (
+        main(
+            ["sweep", "--batch-size", "3", "--policy", str(policy_file)],
+            connection=conn,
+            stdout=out,
+            stderr=err,
+        )
+        == 0
+    )
+    assert "7/7" in out.getvalue()
+    assert err.getvalue() == ""
+
+
+def test_sweep_lease_held_exits_1(run: Run, db: Any) -> None:
+    from datetime import UTC, datetime
+
+    async def hold() -> None:
+        await db["balance_refill_leases"].insert_one(
+            {
+                "_id": "sweep:balances",
+                "holder": "other-host:42",
+                "expiresAt": datetime(2999, 1, 1, tzinfo=UTC),
+            }
+        )
+
+    asyncio.run(hold())
+    code, _, err = run("sweep")
+    assert code == 1
+    assert "other-host:42" in err
+
+
+def test_sweep_failed_users_exit_nonzero(
+    run: Run, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user whose refill the server rejects makes the sweep exit non-zero."""
+    from pymongo.errors import BulkWriteError
+
+    _seed_due(db, 3)
+
+    async def failing_bulk(self: Any, requests: Any, ordered: bool = True, **kwargs: Any) -> Any:
+        raise BulkWriteError(
+            {
+                "nMatched": 0,
+                "writeErrors": [
+                    {"index": i, "code": 2, "errmsg": "bad"} for i in range(len(requests))
+                ],
+            }
+        )
+
+    from balance_refill.testing import BulkWriteShim
+
+    monkeypatch.setattr(BulkWriteShim, "bulk_write", failing_bulk)
+    code, out, _ = run("sweep", "--json")
+    assert code == 1
+    assert json.loads(out)["errors"] == 3
+
+
+def test_bad_sweep_arguments(run: Run) -> None:
+    code, _, err = run("sweep", "--active-within", "whenever")
+    assert code == 2
+    assert "whenever" in err

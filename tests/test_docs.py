@@ -65,3 +65,37 @@ def test_demo_runs_on_the_mock(
     summary = re.search(r"(\d+) refills, (\d+) ledger rows", out)
     assert summary
     assert summary[1] == summary[2] != "0"
+
+
+def test_deployment_examples() -> None:
+    """The systemd units and the CronJob say what the README says they do."""
+    import configparser
+
+    import yaml
+
+    from balance_refill.policy import TieredPolicy
+    from balance_refill.policy_file import load_policy_file
+
+    timer = configparser.ConfigParser()
+    timer.read(ROOT / "examples" / "systemd" / "balance-refill-sweep.timer")
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Timer"]["OnCalendar"].startswith("*-*-01 ")  # monthly
+    service = configparser.ConfigParser(strict=False)
+    service.read(ROOT / "examples" / "systemd" / "balance-refill-sweep.service")
+    assert service["Service"]["Type"] == "oneshot"
+    assert "balance-refill sweep" in service["Service"]["ExecStart"]
+    job = yaml.safe_load((ROOT / "examples" / "kubernetes" / "cronjob.yaml").read_text())
+    assert job["kind"] == "CronJob"
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["balance-refill", "sweep"]
+    assert isinstance(load_policy_file(ROOT / "examples" / "policy.yaml"), TieredPolicy)
+
+
+def test_readme_policy_example_is_the_example_file() -> None:
+    """The README's two-tier policy is examples/policy.yaml, and it is valid."""
+    from balance_refill.policy_file import load_policy_file, load_policy_text
+
+    text = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(default_tier:.*?)```", text, flags=re.DOTALL)
+    assert load_policy_text(block) == load_policy_file(ROOT / "examples" / "policy.yaml")
