@@ -127,13 +127,13 @@ class _Lease:
         }
         if await self.store.try_insert(self.collection, doc):
             return
+        # Take over an expired lease, or find our own insert whose reply was lost.
         taken = await self.store.find_one_and_update(
             self.collection,
-            {"_id": self.id, "expiresAt": {"$lte": now}},
+            {"_id": self.id, "$or": [{"expiresAt": {"$lte": now}}, {"holder": self.holder}]},
             {"$set": {"holder": self.holder, "acquiredAt": now, "expiresAt": now + self.ttl}},
         )
         if taken is not None:
-            log.warning("took over an expired sweep lease")
             return
         current = await self.store.find_one(self.collection, {"_id": self.id}) or {}
         expires = current.get("expiresAt")

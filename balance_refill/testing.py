@@ -83,9 +83,14 @@ class CallLog:
 
 
 class _RecordingCursor:
-    def __init__(self, make: Callable[[], Any], before: Callable[[], Any]) -> None:
+    """A cursor that records (and may fail) its first round trip when iterated."""
+
+    def __init__(
+        self, make: Callable[[], Any], before: Callable[[], Any], after: Callable[[], Any]
+    ) -> None:
         self._make = make
         self._before = before
+        self._after = after
         self._it: Any = None
 
     def __aiter__(self) -> _RecordingCursor:
@@ -97,7 +102,9 @@ class _RecordingCursor:
             cursor = self._make()
             if asyncio.iscoroutine(cursor):
                 cursor = await cursor
-            self._it = cursor.__aiter__() if hasattr(cursor, "__aiter__") else _SyncIter(cursor)
+            docs = [d async for d in cursor] if hasattr(cursor, "__aiter__") else list(cursor)
+            self._after()
+            self._it = _SyncIter(docs)
         return await self._it.__anext__()
 
     async def to_list(self, length: int | None = None) -> list[Any]:
@@ -165,25 +172,39 @@ class RecordingCollection:
                 raise exc
         return result
 
-    def find(self, *args: Any, **kwargs: Any) -> _RecordingCursor:
+    def _cursor(
+        self, method: str, make: Callable[[], Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _RecordingCursor:
+        recorded: list[tuple[Call, int]] = []
+
         async def before() -> None:
             if self.yield_first:
                 await asyncio.sleep(0)
-            call, index = self._record("find", args, kwargs)
+            call, index = self._record(method, args, kwargs)
+            recorded.append((call, index))
             if self.log.fail_before is not None:
                 exc = self.log.fail_before(call, index)
                 if exc is not None:
                     raise exc
 
-        return _RecordingCursor(lambda: self._inner.find(*args, **kwargs), before)
+        def after() -> None:
+            if self.log.fail_after is not None:
+                exc = self.log.fail_after(*recorded[-1])
+                if exc is not None:
+                    raise exc
+
+        return _RecordingCursor(make, before, after)
+
+    def find(self, *args: Any, **kwargs: Any) -> _RecordingCursor:
+        return self._cursor("find", lambda: self._inner.find(*args, **kwargs), args, kwargs)
 
     def aggregate(self, pipeline: Any, *args: Any, **kwargs: Any) -> _RecordingCursor:
-        async def before() -> None:
-            if self.yield_first:
-                await asyncio.sleep(0)
-            self._record("aggregate", (pipeline, *args), kwargs)
-
-        return _RecordingCursor(lambda: self._inner.aggregate(pipeline, *args, **kwargs), before)
+        return self._cursor(
+            "aggregate",
+            lambda: self._inner.aggregate(pipeline, *args, **kwargs),
+            (pipeline, *args),
+            kwargs,
+        )
 
 
 class BulkWriteShim:

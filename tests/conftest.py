@@ -77,3 +77,21 @@ def refiller(make_refiller: Callable[..., BalanceRefiller]) -> BalanceRefiller:
 
 def server_uri() -> str | None:
     return os.environ.get("MONGODB_URI") or None
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Report the size of the fault matrix and of the bad-input table that ran."""
+    from tests import test_faults, test_hostile
+
+    if test_faults.MATRIX:
+        total = sum(test_faults.MATRIX.values())
+        terminalreporter.write_line(
+            f"fault matrix: {total} cases over {len(test_faults.MATRIX)} operations "
+            f"(every call position x before/after x 3 error types), "
+            f"{len(test_faults.VIOLATIONS)} violations"
+        )
+    if test_hostile.PASSED:
+        terminalreporter.write_line(
+            f"bad input: {sum(test_hostile.PASSED.values())} table cases refused with nothing written "
+            f"({dict(test_hostile.PASSED)}), plus fuzzed policy files"
+        )
