@@ -175,3 +175,53 @@ async def test_sweep_on_server_uses_the_index(server_db: Any, server_clock: Fake
         verbosity="queryPlanner",
     )
     assert "IXSCAN" in str(explain["queryPlanner"]["winningPlan"])
+
+
+async def test_retryable_writes_survive_a_dropped_connection(
+    server_db: Any, server_clock: FakeClock
+) -> None:
+    """On a replica set, a connection closed mid-findAndModify (failCommand fail point,
+    needs enableTestCommands) is retried: the spend is charged exactly once."""
+    from pymongo.errors import OperationFailure
+
+    admin = server_db.client.admin
+    try:
+        await admin.command(
+            "configureFailPoint",
+            "failCommand",
+            mode={"times": 1},
+            data={"failCommands": ["findAndModify"], "closeConnection": True},
+        )
+    except OperationFailure as exc:
+        pytest.skip(f"fail points unavailable on this server: {exc}")
+    try:
+        refiller = make(server_db, server_clock)
+        user = ObjectId()
+        await server_db["balances"].insert_one(
+            {"user": user, "tokenCredits": 100, "lastRefill": server_clock()}
+        )
+        state = await refiller.spend(user, 30, request_id="once")
+        assert state.balance == 70
+        assert (await server_db["balances"].find_one({"user": user}))["tokenCredits"] == 70
+    finally:
+        await admin.command("configureFailPoint", "failCommand", mode="off")
+
+
+@pytest.mark.parametrize(
+    ("filter_", "update", "upsert"),
+    [
+        ({"user": "x"}, {"$setOnInsert": {"tokenCredits": 0}, "$inc": {"tokenCredits": 1}}, True),
+        ({"user": "x"}, {"$set": {"a": 1}, "$unset": {"a": ""}}, False),
+        ({"$expr": {"$lt": ["$a", 1]}, "user": "y"}, {"$set": {"a": 1}}, True),
+        ({"user": "x"}, [{"$set": {"a": {"$undefinedOperator": 1}}}], False),
+    ],
+)
+async def test_server_rejects_what_the_lint_forbids(
+    server_db: Any, filter_: Any, update: Any, upsert: bool
+) -> None:
+    """Each rule the query lint enforces is one a real server enforces too."""
+    from pymongo.errors import OperationFailure
+
+    await server_db["balances"].insert_one({"user": "x", "a": 0})
+    with pytest.raises(OperationFailure):
+        await server_db["balances"].find_one_and_update(filter_, update, upsert=upsert)
