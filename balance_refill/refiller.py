@@ -233,15 +233,14 @@ class BalanceRefiller:
         *,
         charge: int = 0,
         request_id: str | None = None,
-        context: str = "autoRefill",
-        actor: str | None = None,
-        reason: str | None = None,
     ) -> tuple[D.BalanceDoc | None, ObjectId]:
+        """An automatic refill (charging `charge` in the same write, recording
+        `request_id` as spent); returns the document after it, or None if raced."""
         op_id = ObjectId()
         update = self._refill_update(plan, now, op_id, charge)
         if request_id is not None:
             update["$push"] = {D.RECENT: {"$each": [request_id], "$slice": -D.RECENT_WINDOW}}
-        row = refill_row(op_id, doc.user, now, plan, context=context, actor=actor, reason=reason)
+        row = refill_row(op_id, doc.user, now, plan)
         return await self._commit("refill", doc, update, row), op_id
 
     # -- public API -----------------------------------------------------------------
