@@ -32,6 +32,8 @@ MAX_DELTA = timedelta(days=366 * 100)
 
 def as_utc(value: datetime) -> datetime:
     """Aware UTC with millisecond precision; naive values (from a non tz-aware client) are UTC."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # already normalised (the common case): skip the conversions
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,6 +81,14 @@ class BalanceRefiller:
         self._clock: Clock = clock or utc_now
         self._max_attempts = max(1, max_attempts)
         self._leases = leases
+        self._mirrored: dict[str, dict[str, Any]] = {}
+        for name, tier_policy in self._tiers.tiers.items():
+            value, unit = tier_policy.period.librechat_fields()
+            self._mirrored[name] = {
+                D.REFILL_AMOUNT: tier_policy.amount,
+                D.INTERVAL_VALUE: value,
+                D.INTERVAL_UNIT: unit,
+            }
 
     @property
     def tiers(self) -> TieredPolicy:
@@ -137,9 +144,8 @@ class BalanceRefiller:
         )
 
     def _librechat_fields(self, tier: str) -> dict[str, Any]:
-        policy = self._tiers.tiers[tier]
-        value, unit = policy.period.librechat_fields()
-        return {D.REFILL_AMOUNT: policy.amount, D.INTERVAL_VALUE: value, D.INTERVAL_UNIT: unit}
+        """LibreChat's per-user refill fields for `tier` (mirrored, not obeyed)."""
+        return self._mirrored[tier]
 
     async def _read_or_create(self, user: UserId, now: datetime) -> D.BalanceDoc:
         """One call: the user's oldest document, created first if the user is new."""
@@ -174,7 +180,7 @@ class BalanceRefiller:
             log.info("ledger row %s already existed; clearing its marker", row.get("_id"))
         await self._store.update_balance(
             "clear pending ledger marker",
-            D.clear_pending_filter(doc_id, row["_id"]),
+            D.clear_pending_filter(doc_id, row.get("user"), row["_id"]),
             D.CLEAR_PENDING,
         )
 
@@ -232,14 +238,14 @@ class BalanceRefiller:
         now: datetime,
         *,
         charge: int = 0,
-        request_id: str | None = None,
+        request_key: int | None = None,
     ) -> tuple[D.BalanceDoc | None, ObjectId]:
         """An automatic refill (charging `charge` in the same write, recording
-        `request_id` as spent); returns the document after it, or None if raced."""
+        `request_key` as spent); returns the document after it, or None if raced."""
         op_id = ObjectId()
         update = self._refill_update(plan, now, op_id, charge)
-        if request_id is not None:
-            update["$push"] = {D.RECENT: {"$each": [request_id], "$slice": -D.RECENT_WINDOW}}
+        if request_key is not None:
+            update["$push"] = {D.RECENT: {"$each": [request_key], "$slice": -D.RECENT_WINDOW}}
         row = refill_row(op_id, doc.user, now, plan)
         return await self._commit("refill", doc, update, row), op_id
 
@@ -283,13 +289,13 @@ class BalanceRefiller:
         """
         user = check_user_id(user_id)
         amount = check_amount(amount, what="amount")
-        rid = (
-            uuid.uuid4().hex
+        key = (
+            D.random_request_key()
             if request_id is None
-            else check_text(request_id, what="request_id", max_length=128)
+            else D.request_key(check_text(request_id, what="request_id", max_length=256))
         )
         now = self.now()
-        pipeline = D.spend_pipeline(amount, rid, now)
+        pipeline = D.spend_pipeline(amount, key, now)
         mine: tuple[ObjectId, RefillPlan] | None = None
         for _ in range(self._max_attempts):
             raw = await self._store.modify("spend", D.by_user(user), pipeline, before=True)
@@ -297,12 +303,11 @@ class BalanceRefiller:
                 await self._read_or_create(user, now)  # first seen: create, then charge
                 continue
             doc = await self._settled(D.parse(raw))
-            outcome = D.spend_outcome(doc, amount, rid)
+            outcome = D.spend_outcome(doc, amount, key)
             if outcome == "charged":
-                charged = dataclasses.replace(
-                    doc, balance=doc.balance - amount, spent=doc.spent + amount
-                )
-                return self._state(charged, now)
+                doc.balance -= amount
+                doc.spent += amount
+                return self._state(doc, now)
             if outcome == "duplicate":
                 if mine is not None and doc.op_id == mine[0]:  # our refill's reply was lost
                     return self._state(doc, now, refilled=True, granted=mine[1].granted)
@@ -318,7 +323,7 @@ class BalanceRefiller:
                 )
             charge = amount if plan.after >= amount else 0
             after, op_id = await self._refill(
-                doc, plan, now, charge=charge, request_id=rid if charge else None
+                doc, plan, now, charge=charge, request_key=key if charge else None
             )
             mine = (op_id, plan)
             if after is None:
@@ -594,7 +599,7 @@ class BalanceRefiller:
                 if isinstance(row, Mapping):
                     await self._store.update_balance(
                         "clear pending ledger marker",
-                        D.clear_pending_filter(doc["_id"], row["_id"]),
+                        D.clear_pending_filter(doc["_id"], row.get("user"), row["_id"]),
                         D.CLEAR_PENDING,
                     )
                     settled += 1

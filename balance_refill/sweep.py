@@ -371,7 +371,12 @@ class Sweep:
             await self.store.insert_rows([row for *_, row in applied])
             await self.store.update_many(
                 "clear sweep markers",
-                {"$or": [D.clear_pending_filter(doc.id, op_id) for doc, _, op_id, _ in applied]},
+                {
+                    "$or": [
+                        D.clear_pending_filter(doc.id, doc.user, op_id)
+                        for doc, _, op_id, _ in applied
+                    ]
+                },
                 D.CLEAR_PENDING,
             )
 
