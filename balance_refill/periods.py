@@ -21,6 +21,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bson.tz_util import utc as _BSON_UTC
+
 CalendarUnit = Literal["day", "week", "month"]
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -32,8 +34,9 @@ MAX_DELTA = timedelta(days=366 * 100)
 
 def as_utc(value: datetime) -> datetime:
     """Aware UTC with millisecond precision; naive values (from a non tz-aware client) are UTC."""
-    if value.tzinfo is UTC and not value.microsecond % 1000:
-        return value  # already normalised (the common case): skip the conversions
+    tz = value.tzinfo
+    if (tz is UTC or tz is _BSON_UTC) and not value.microsecond % 1000:
+        return value  # what the driver returns (the common case): skip the conversions
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)
