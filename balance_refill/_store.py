@@ -167,8 +167,12 @@ class Store:
     ) -> list[Any]:
         """Read at most `limit` documents (0: all) in one call."""
 
+        options: dict[str, Any] = {"sort": sort, "limit": limit}
+        if limit:
+            options["batch_size"] = limit  # one round trip, not 101 documents then a getMore
+
         async def fetch() -> list[Any]:
-            cursor = collection.find(filter_, projection, sort=sort, limit=limit)
+            cursor = collection.find(filter_, projection, **options)
             return [doc async for doc in cursor]
 
         return await self.run(f"read {collection.name}", fetch)

@@ -585,7 +585,7 @@ class BalanceRefiller:
         while True:
             docs = await self._store.iterate(
                 self._store.balances,
-                {D.PENDING: {"$exists": True}},
+                {f"{D.PENDING}._id": {"$exists": True}},  # served by the sparse index
                 sort=[("_id", 1)],
                 limit=batch_size,
                 projection={D.PENDING: 1},

@@ -246,6 +246,7 @@ def fast_mock(coll: Any) -> Any:
 
     def top_k_find(filter: Any = None, projection: Any = None, *args: Any, **kwargs: Any) -> Any:
         sort, limit = kwargs.get("sort"), kwargs.get("limit", 0)
+        kwargs.pop("batch_size", None)  # how many documents per round trip: not an answer
         simple = not args and set(kwargs) <= {"sort", "limit"}
         if not (simple and sort and limit and all(d == 1 for _, d in sort)):
             return find(filter, projection, *args, **kwargs)

@@ -24,10 +24,10 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py`: make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import calls, network, overhead, scale, sweep_memory
+from bench import calls, network, overhead, scale, sweep_memory, sweep_vs_classic
 from bench.common import Section, render
 
-BENCHMARKS = ("calls", "overhead", "network", "scale", "sweep")
+BENCHMARKS = ("calls", "overhead", "network", "scale", "sweep", "sweepcost")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,6 +58,7 @@ async def run_all(
         "network": lambda: network.run(quick),
         "scale": lambda: scale.run(quick),
         "sweep": lambda: sweep_memory.run(quick),
+        "sweepcost": lambda: sweep_vs_classic.run(quick),
     }
     sections = []
     for name in BENCHMARKS:

@@ -19,8 +19,14 @@ from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect
 
 from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
-from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
-from bench import calls, fastmock, network, overhead, scale, sweep_memory
+from balance_refill.testing import (
+    BulkWriteShim,
+    Call,
+    CallLog,
+    FakeClock,
+    RecordingCollection,
+)
+from bench import calls, fastmock, network, overhead, scale, sweep_memory, sweep_vs_classic
 from bench.baselines import LibreChatClassic, LibreChatReservations, Message, Ours
 from bench.common import START, librechat_doc, librechat_policy, render
 from bench.run import main
@@ -190,6 +196,70 @@ async def test_sweep_memory_without_sweep() -> None:
     assert sweep_memory.NOT_AVAILABLE in render([section])
 
 
+# -- 6. sweep vs the classic reset script ----------------------------------------------
+
+
+async def test_sweep_vs_classic_smoke() -> None:
+    """At tiny sizes: ours moves fewer documents than the classic script, refills exactly
+    the due and active users (one ledger row each), and does not grow with the users
+    who are not due and active (the control run)."""
+    section = await sweep_vs_classic.run(sizes=(100, 400))
+    small, large, control = section.data["runs"]
+    assert [r["users"] for r in (small, large, control)] == [100, 400, 400]
+    assert [r["due_active"] for r in (small, large, control)] == [10, 40, 10]
+    for r in (small, large, control):
+        classic, ours = r["classic"], r["ours"]
+        assert ours["docs"] < classic["docs"]
+        assert classic["docs_read"] == r["users"]
+        assert classic["docs_written"] == r["users"]
+        assert ours["docs_read"] == r["due_active"]
+        check = r["ours_check"]
+        assert check["ledger_rows"] == r["due_active"]
+        assert check["same_users"]
+        assert check["wrong_balances"] == check["pending_left"] == 0
+        assert r["classic_check"]["credited"] == r["users"]
+    assert control["ours"]["docs"] == small["ours"]["docs"]
+    assert control["ours"]["round_trips"] == small["ours"]["round_trips"]
+    assert control["classic"]["docs"] == large["classic"]["docs"]
+    assert section.figure("400 users: documents transferred (read + written), classic / ours").met
+    text = render([section])
+    assert "indicative only" in text
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "trips"),
+    [
+        ([], 0, 1),
+        ([100] * 100, 0, 1),
+        ([100] * 101, 0, 2),  # cut at 101 with nothing after: one empty getMore
+        ([100] * 101, 101, 1),  # the limit was reached
+        ([100] * 500, 500, 2),  # 101, then a getMore for the other 399
+        ([40] * 10_000, 0, 2),  # the rest of 10,000 small documents fits in 16 MiB
+        ([1_000_000] * 120, 0, 8),  # 16 MiB holds 16 of them, in the first reply too
+        ([9_000_000] * 3, 0, 3),  # one document per reply once over 16 MiB together
+    ],
+)
+def test_find_round_trips(sizes: list[int], limit: int, trips: int) -> None:
+    assert sweep_vs_classic.find_round_trips(sizes, limit) == trips
+
+
+async def test_classic_reset_upserts_every_user_in_batches_of_500() -> None:
+    db = AsyncMongoMockClient(tz_aware=True)["classic"]
+    users = [ObjectId() for _ in range(1_001)]
+    await db["balances"].insert_many(
+        [librechat_doc(u, 5, START - timedelta(days=3)) for u in users]
+    )
+    log = CallLog()
+    balances = RecordingCollection(BulkWriteShim(db["balances"]), log)
+    written = await sweep_vs_classic.classic_reset(balances, amount=7, now=START)
+    assert written == 1_001
+    assert log.methods() == ["balances.find"] + ["balances.bulk_write"] * 3
+    batches = [c.args[0] for c in log.calls[1:]]
+    assert [len(b) for b in batches] == [500, 500, 1]
+    assert all(r._upsert for b in batches for r in b)
+    assert await db["balances"].count_documents({"tokenCredits": 7, "lastRefill": START}) == 1_001
+
+
 # -- the faster mock the sweep benchmark runs on ---------------------------------------
 
 _NOW = START.replace(tzinfo=None)  # naive UTC, as the mock stores dates
@@ -275,7 +345,7 @@ def test_main_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--quick", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     keys = [s["key"] for s in report["sections"]]
-    assert keys == ["calls", "overhead", "network", "scale", "sweep"]
+    assert keys == ["calls", "overhead", "network", "scale", "sweep", "sweepcost"]
 
 
 def test_script_entry_point_prints_the_table() -> None:
