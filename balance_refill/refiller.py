@@ -382,6 +382,37 @@ class BalanceRefiller:
             raise UserNotFound(f"user {user!r} has no balance document")
         return self._state(D.parse(raw), now)
 
+    async def _set_credits(
+        self,
+        what: str,
+        context: str,
+        user_id: object,
+        target: Callable[[D.BalanceDoc, datetime], int],
+        *,
+        actor: str,
+        reason: str,
+    ) -> BalanceState:
+        """Set the balance to `target(doc, now)` with a ledger row recording the change."""
+
+        def change(
+            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            after = target(doc, now)
+            row = change_row(
+                op_id,
+                doc.user,
+                now,
+                context=context,
+                before=doc.balance,
+                after=after,
+                actor=actor,
+                reason=reason,
+            )
+            return {"$set": {D.CREDITS: after}}, row
+
+        doc, _, now = await self._change(what, user_id, change, create=True)
+        return self._state(doc, now)
+
     async def grant(
         self,
         user_id: object,
@@ -395,12 +426,8 @@ class BalanceRefiller:
         (`context: "admin"`). A correction never takes the balance below 0 unless
         `allow_negative`; then `InsufficientCredits` is raised and nothing changes."""
         amount = check_amount(amount, what="amount", allow_negative=True)
-        actor = check_text(actor, what="actor")
-        reason = check_text(reason, what="reason")
 
-        def change(
-            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
-        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        def target(doc: D.BalanceDoc, now: datetime) -> int:
             after = doc.balance + amount
             if after < 0 and not allow_negative:
                 raise InsufficientCredits(
@@ -409,21 +436,18 @@ class BalanceRefiller:
                     amount=-amount,
                     next_refill_at=next_refill(self._tiers, doc, now),
                 )
-            check_amount(after, what="resulting balance", allow_zero=True, allow_negative=True)
-            row = change_row(
-                op_id,
-                doc.user,
-                now,
-                context=ADMIN,
-                before=doc.balance,
-                after=after,
-                actor=actor,
-                reason=reason,
+            return check_amount(
+                after, what="resulting balance", allow_zero=True, allow_negative=True
             )
-            return {"$set": {D.CREDITS: after}}, row
 
-        doc, _, now = await self._change("grant", user_id, change, create=True)
-        return self._state(doc, now)
+        return await self._set_credits(
+            "grant",
+            ADMIN,
+            user_id,
+            target,
+            actor=check_text(actor, what="actor"),
+            reason=check_text(reason, what="reason"),
+        )
 
     async def set_balance(
         self, user_id: object, amount: int, *, actor: str, reason: str
@@ -431,26 +455,14 @@ class BalanceRefiller:
         """Set the balance to `amount`; the ledger row (`context: "setBalance"`) records
         the difference."""
         amount = check_amount(amount, what="amount", allow_zero=True)
-        actor = check_text(actor, what="actor")
-        reason = check_text(reason, what="reason")
-
-        def change(
-            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
-        ) -> tuple[dict[str, Any], dict[str, Any]]:
-            row = change_row(
-                op_id,
-                doc.user,
-                now,
-                context=SET_BALANCE,
-                before=doc.balance,
-                after=amount,
-                actor=actor,
-                reason=reason,
-            )
-            return {"$set": {D.CREDITS: amount}}, row
-
-        doc, _, now = await self._change("set_balance", user_id, change, create=True)
-        return self._state(doc, now)
+        return await self._set_credits(
+            "set_balance",
+            SET_BALANCE,
+            user_id,
+            lambda doc, now: amount,
+            actor=check_text(actor, what="actor"),
+            reason=check_text(reason, what="reason"),
+        )
 
     async def set_tier(
         self, user_id: object, tier: str, *, actor: str, pinned: bool | None = None

@@ -122,15 +122,11 @@ class _SyncIter:
             raise StopAsyncIteration from None
 
 
-class RecordingCollection:
-    """Wraps an async collection: counts, records, optionally yields and injects faults."""
+class _Wrapper:
+    """A collection wrapped by a test double; other attributes pass through."""
 
-    def __init__(
-        self, inner: Any, log: CallLog | None = None, *, yield_first: bool = False
-    ) -> None:
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self.log = log if log is not None else CallLog()
-        self.yield_first = yield_first
 
     @property
     def name(self) -> str:
@@ -139,6 +135,20 @@ class RecordingCollection:
     @property
     def inner(self) -> Any:
         return self._inner
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+class RecordingCollection(_Wrapper):
+    """Wraps an async collection: counts, records, optionally yields and injects faults."""
+
+    def __init__(
+        self, inner: Any, log: CallLog | None = None, *, yield_first: bool = False
+    ) -> None:
+        super().__init__(inner)
+        self.log = log if log is not None else CallLog()
+        self.yield_first = yield_first
 
     def __getattr__(self, attr: str) -> Any:
         if attr in CALL_METHODS:
@@ -207,7 +217,7 @@ class RecordingCollection:
         )
 
 
-class BulkWriteShim:
+class BulkWriteShim(_Wrapper):
     """Runs `bulk_write` of `UpdateOne`/`InsertOne` requests one request at a time.
 
     mongomock-motor's `bulk_write` with `UpdateOne` fails under pymongo >= 4.11
@@ -219,19 +229,8 @@ class BulkWriteShim:
     """
 
     def __init__(self, inner: Any, *, yield_between: bool = False) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.yield_between = yield_between
-
-    @property
-    def name(self) -> str:
-        return str(self._inner.name)
-
-    @property
-    def inner(self) -> Any:
-        return self._inner
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._inner, attr)
 
     async def bulk_write(self, requests: Any, ordered: bool = True, **kwargs: Any) -> Any:
         from pymongo import InsertOne, UpdateOne  # noqa: PLC0415 - test double only

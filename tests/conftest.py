@@ -11,7 +11,14 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from balance_refill import BalanceRefiller, RefillPolicy
-from balance_refill.testing import CallLog, FakeClock, MockDatabase, RecordingCollection
+from balance_refill.policy import AnyPolicy
+from balance_refill.testing import (
+    BulkWriteShim,
+    CallLog,
+    FakeClock,
+    MockDatabase,
+    RecordingCollection,
+)
 
 START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -73,6 +80,28 @@ def make_refiller(
 @pytest.fixture
 def refiller(make_refiller: Callable[..., BalanceRefiller]) -> BalanceRefiller:
     return make_refiller()
+
+
+@pytest.fixture
+def make_racing(db: Any, clock: FakeClock) -> Callable[..., BalanceRefiller]:
+    """Build a refiller whose every call yields to the event loop first (and whose bulk
+    writes yield between requests), so gathered calls interleave as on a server."""
+
+    def make(policy: AnyPolicy, **kwargs: Any) -> BalanceRefiller:
+        log = CallLog()
+        balances = BulkWriteShim(db["balances"].inner, yield_between=True)
+        return BalanceRefiller(
+            RecordingCollection(balances, log, yield_first=True),
+            policy,
+            ledger=RecordingCollection(db["transactions"], log, yield_first=True),
+            leases=RecordingCollection(db["leases"], log, yield_first=True),
+            clock=clock,
+            retry_delay=0,
+            max_attempts=kwargs.pop("max_attempts", 200),
+            **kwargs,
+        )
+
+    return make
 
 
 def server_uri() -> str | None:

@@ -19,7 +19,7 @@ from balance_refill import (
     UnknownTier,
     UserNotFound,
 )
-from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
+from balance_refill.testing import Call, CallLog, FakeClock
 
 Make = Callable[..., BalanceRefiller]
 TIERS = TieredPolicy(
@@ -205,16 +205,9 @@ async def test_bad_admin_input_writes_nothing(
     assert await snapshot(db) == before
 
 
-async def test_concurrent_grants_each_applied_once(db: Any, clock: FakeClock) -> None:
+async def test_concurrent_grants_each_applied_once(db: Any, make_racing: Any) -> None:
     """100 racing grants: +100 credits, 100 rows."""
-    log = CallLog()
-    refiller = BalanceRefiller(
-        RecordingCollection(db["balances"], log, yield_first=True),
-        TIERS,
-        ledger=RecordingCollection(db["transactions"], log, yield_first=True),
-        clock=clock,
-        max_attempts=200,
-    )
+    refiller = make_racing(TIERS)
     await refiller.ensure_balance("u")
     await asyncio.gather(
         *(refiller.grant("u", 1, actor="a", reason="r") for _ in range(100)),

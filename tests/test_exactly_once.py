@@ -12,22 +12,15 @@ import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from balance_refill import BalanceRefiller, InsufficientCredits, StorageError
-from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
+from balance_refill.testing import Call, CallLog, FakeClock
 
 Make = Callable[..., BalanceRefiller]
 
 
 @pytest.fixture
-def racing(db: Any, log: CallLog, clock: FakeClock, policy: Any) -> BalanceRefiller:
+def racing(make_racing: Any, policy: Any) -> BalanceRefiller:
     """A refiller whose every call yields to the event loop first, so gathered calls interleave."""
-    return BalanceRefiller(
-        RecordingCollection(db["balances"], log, yield_first=True),
-        policy,
-        ledger=RecordingCollection(db["transactions"], log, yield_first=True),
-        clock=clock,
-        retry_delay=0,
-        max_attempts=64,
-    )
+    return make_racing(policy)
 
 
 async def test_500_concurrent_ensure_balance_refill_once(

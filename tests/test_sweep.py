@@ -23,7 +23,7 @@ from balance_refill import (
 from balance_refill._docs import parse
 from balance_refill.decisions import plan_refill
 from balance_refill.policy import as_tiered
-from balance_refill.testing import BulkWriteShim, Call, CallLog, FakeClock, RecordingCollection
+from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
 
 Make = Callable[..., BalanceRefiller]
 POLICY = RefillPolicy(amount=1_000, interval="30d")
@@ -235,22 +235,11 @@ async def test_bad_arguments(sweeper: BalanceRefiller) -> None:
             await sweeper.sweep(**kwargs)
 
 
-async def test_sweep_racing_lazy_refills_never_double_refills(db: Any, clock: FakeClock) -> None:
+async def test_sweep_racing_lazy_refills_never_double_refills(
+    db: Any, clock: FakeClock, make_racing: Any
+) -> None:
     """Interleaved sweep and lazy calls (every call yields first; bulk requests interleave)."""
-    log = CallLog()
-    balances = RecordingCollection(
-        BulkWriteShim(db["balances"].inner, yield_between=True), log, yield_first=True
-    )
-    ledger = RecordingCollection(db["transactions"], log, yield_first=True)
-    refiller = BalanceRefiller(
-        balances,
-        POLICY,
-        ledger=ledger,
-        leases=db["leases"],
-        clock=clock,
-        retry_delay=0,
-        max_attempts=100,
-    )
+    refiller = make_racing(POLICY)
     users = [f"r{i}" for i in range(60)]
     await db["balances"].insert_many(
         [{"user": u, "tokenCredits": 0, "lastRefill": clock() - timedelta(days=31)} for u in users]
@@ -268,16 +257,9 @@ async def test_sweep_racing_lazy_refills_never_double_refills(db: Any, clock: Fa
         assert doc["tokenCredits"] == 1_000 - (1 if doc["user"] in users[::2] else 0)
 
 
-async def test_two_sweeps_at_once(db: Any, clock: FakeClock) -> None:
+async def test_two_sweeps_at_once(db: Any, make_racing: Any) -> None:
     """Two sweeps started together: one runs, the other reports the lease holder."""
-    log = CallLog()
-    make = lambda: BalanceRefiller(  # noqa: E731 - a tiny local factory
-        RecordingCollection(db["balances"], log, yield_first=True),
-        POLICY,
-        ledger=RecordingCollection(db["transactions"], log, yield_first=True),
-        leases=RecordingCollection(db["leases"], log, yield_first=True),
-        clock=clock,
-    )
+    make = lambda: make_racing(POLICY)  # noqa: E731 - a tiny local factory
     await db["balances"].insert_many([{"user": f"x{i}", "tokenCredits": 0} for i in range(30)])
     results = await asyncio.gather(
         make().sweep(batch_size=5), make().sweep(batch_size=5), return_exceptions=True

@@ -249,16 +249,11 @@ async def test_refill_with_promotion_within_budget(
     assert log.count == 2
 
 
-async def test_concurrent_refills_with_promotion_once(db: Any, clock: FakeClock) -> None:
+async def test_concurrent_refills_with_promotion_once(
+    db: Any, clock: FakeClock, make_racing: Any
+) -> None:
     """Racing calls on a user due for a promotion: one refill, one tier change."""
-    log = CallLog()
-    refiller = BalanceRefiller(
-        RecordingCollection(db["balances"], log, yield_first=True),
-        TIERS,
-        ledger=RecordingCollection(db["transactions"], log, yield_first=True),
-        clock=clock,
-        max_attempts=64,
-    )
+    refiller = make_racing(TIERS)
     await db["balances"].insert_one(
         {
             "user": "u",
@@ -276,16 +271,9 @@ async def test_concurrent_refills_with_promotion_once(db: Any, clock: FakeClock)
     assert (final["tier"], final["tokenCredits"]) == ("heavy", 5_000 - 100)
 
 
-async def test_concurrent_set_tier_and_refill(db: Any, clock: FakeClock) -> None:
+async def test_concurrent_set_tier_and_refill(db: Any, clock: FakeClock, make_racing: Any) -> None:
     """An admin's tier change racing a refill never yields two refills."""
-    log = CallLog()
-    refiller = BalanceRefiller(
-        RecordingCollection(db["balances"], log, yield_first=True),
-        TIERS,
-        ledger=RecordingCollection(db["transactions"], log, yield_first=True),
-        clock=clock,
-        max_attempts=64,
-    )
+    refiller = make_racing(TIERS)
     await db["balances"].insert_one(
         {"user": "u", "tokenCredits": 0, "lastRefill": clock() - timedelta(days=31)}
     )
