@@ -215,3 +215,35 @@ async def test_concurrent_grants_each_applied_once(db: Any, make_racing: Any) ->
     )
     assert (await db["balances"].find_one({"user": "u"}))["tokenCredits"] == 500 + 100 - 50
     assert len(await rows(db, context="admin")) == 100
+
+
+async def test_every_admin_operation_racing_the_hot_path(
+    db: Any, clock: FakeClock, make_racing: Any
+) -> None:
+    """All admin operations interleaved with lazy refills and spends: each call lands
+    once, and the ledger accounts for every credit that did not go to a spend."""
+    refiller = make_racing(TIERS)
+    await db["balances"].insert_one(
+        {"user": "u", "tokenCredits": 0, "lastRefill": clock() - timedelta(days=31)}
+    )
+    calls = [
+        *(refiller.refill_now("u", actor="a", reason="r") for _ in range(5)),
+        *(refiller.grant("u", 7, actor="a", reason="r") for _ in range(5)),
+        *(refiller.set_auto_refill("u", flag, actor="a") for flag in (False, True) * 3),
+        *(refiller.set_tier("u", tier, actor="a") for tier in ("heavy", "regular") * 3),
+        *(refiller.ensure_balance("u") for _ in range(20)),
+        *(refiller.spend("u", 3) for _ in range(20)),
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    spent = sum(3 for r in results[-20:] if not isinstance(r, BaseException))
+    assert all(
+        not isinstance(r, BaseException) or isinstance(r, InsufficientCredits) for r in results
+    )
+    assert len(await rows(db, context="refillNow")) == 5
+    assert len(await rows(db, context="admin")) == 5
+    assert len(await rows(db, context="setAutoRefill")) == 6
+    assert len(await rows(db, context="setTier")) == 6
+    all_rows = await rows(db)
+    final = (await db["balances"].find_one({"user": "u"}))["tokenCredits"]
+    assert final == sum(r["rawAmount"] for r in all_rows) - spent
+    assert await db["balances"].count_documents({"pendingLedger": {"$exists": True}}) == 0
