@@ -16,7 +16,8 @@ from .errors import (
     UserNotFound,
 )
 from .periods import Calendar, Interval, add_months, is_due, next_refill_at, parse_interval
-from .policy import RefillPolicy, TieredPolicy
+from .policy import AdaptiveAmount, RefillPolicy, TieredPolicy, TierRule
+from .policy_file import PolicyFileError, load_policy_file, load_policy_text
 from .refiller import BalanceRefiller
 from .state import BalanceState
 from .sweep import SweepReport
@@ -27,6 +28,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "AdaptiveAmount",
     "BalanceRefillError",
     "BalanceRefiller",
     "BalanceState",
@@ -38,16 +40,20 @@ __all__ = [
     "InvalidAmount",
     "InvalidArgument",
     "InvalidUserId",
+    "PolicyFileError",
     "RefillPolicy",
     "StorageError",
     "SweepLocked",
     "SweepReport",
+    "TierRule",
     "TieredPolicy",
     "UnknownTier",
     "UserNotFound",
     "__version__",
     "add_months",
     "is_due",
+    "load_policy_file",
+    "load_policy_text",
     "next_refill_at",
     "parse_interval",
 ]

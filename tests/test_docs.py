@@ -99,3 +99,14 @@ def test_readme_policy_example_is_the_example_file() -> None:
     text = (ROOT / "README.md").read_text()
     (block,) = re.findall(r"```yaml\n(default_tier:.*?)```", text, flags=re.DOTALL)
     assert load_policy_text(block) == load_policy_file(ROOT / "examples" / "policy.yaml")
+
+
+def test_public_api_is_sorted_and_importable() -> None:
+    """`__all__` is sorted, every name in it exists, and the version comes from metadata."""
+    from importlib.metadata import version
+
+    import balance_refill
+
+    assert balance_refill.__all__ == sorted(balance_refill.__all__)
+    assert all(hasattr(balance_refill, name) for name in balance_refill.__all__)
+    assert balance_refill.__version__ == version("balance_refill")

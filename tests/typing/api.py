@@ -8,12 +8,15 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient
 
 from balance_refill import (
+    AdaptiveAmount,
     BalanceRefiller,
     BalanceRefillError,
     BalanceState,
     InsufficientCredits,
     RefillPolicy,
+    SweepReport,
     TieredPolicy,
+    TierRule,
 )
 
 
@@ -23,8 +26,16 @@ async def typed_usage() -> None:
     )
     db = client["LibreChat"]
     policy = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
-    monthly = RefillPolicy(amount=5, calendar="month", timezone="Europe/Paris")
-    tiers = TieredPolicy(tiers={"regular": policy, "heavy": monthly}, default_tier="regular")
+    monthly = RefillPolicy(
+        amount=5,
+        calendar="month",
+        timezone="Europe/Paris",
+        adaptive=AdaptiveAmount(min_amount=1, max_amount=10),
+    )
+    rule = TierRule(from_tier="regular", to_tier="heavy", min_usage=0.8, periods=2, of_last=3)
+    tiers = TieredPolicy(
+        tiers={"regular": policy, "heavy": monthly}, default_tier="regular", rules=(rule,)
+    )
     refiller = BalanceRefiller(
         db["balances"], tiers, ledger=db["transactions"], clock=lambda: datetime.now(UTC)
     )
@@ -40,3 +51,8 @@ async def typed_usage() -> None:
         raise
     del when
     await refiller.flush_pending()
+    report: SweepReport = await refiller.sweep(active_within="30d", dry_run=True)
+    scanned: int = report.scanned
+    del scanned
+    await refiller.grant("user-1", 5, actor="ops", reason="typing")
+    await refiller.set_tier("user-1", "heavy", actor="ops", pinned=True)
