@@ -478,54 +478,61 @@ class BalanceRefiller:
         if pinned is not None and not isinstance(pinned, bool):
             raise InvalidArgument(f"pinned must be True, False or None, got {describe(pinned)}")
 
-        def change(
-            doc: D.BalanceDoc, now: datetime, op_id: ObjectId
-        ) -> tuple[dict[str, Any], dict[str, Any]]:
-            previous = assigned_tier(self._tiers, doc)
+        def fields(doc: D.BalanceDoc) -> tuple[dict[str, Any], dict[str, Any]]:
             sets: dict[str, Any] = {D.TIER: tier, D.REFILL_TIER: period_tier(self._tiers, doc)}
             if pinned is not None:
                 sets[D.PINNED] = pinned
-            row = change_row(
-                op_id,
-                doc.user,
-                now,
-                context=SET_TIER,
-                before=doc.balance,
-                after=doc.balance,
-                actor=actor,
-                extra={
-                    "tier": tier,
-                    "previousTier": previous,
-                    "tierPinned": doc.pinned if pinned is None else pinned,
-                },
-            )
-            return {"$set": sets}, row
+            recorded = {
+                "tier": tier,
+                "previousTier": assigned_tier(self._tiers, doc),
+                "tierPinned": doc.pinned if pinned is None else pinned,
+            }
+            return sets, recorded
 
-        doc, _, now = await self._change("set_tier", user_id, change, create=False)
-        return self._state(doc, now)
+        return await self._set_fields("set_tier", SET_TIER, user_id, fields, actor=actor)
 
     async def set_auto_refill(self, user_id: object, enabled: bool, *, actor: str) -> BalanceState:
         """Pause (`False`) or resume (`True`) automatic refills for one user."""
         if not isinstance(enabled, bool):
             raise InvalidArgument(f"enabled must be True or False, got {describe(enabled)}")
         actor = check_text(actor, what="actor")
+        return await self._set_fields(
+            "set_auto_refill",
+            SET_AUTO_REFILL,
+            user_id,
+            lambda doc: ({D.AUTO: enabled}, {"autoRefillEnabled": enabled}),
+            actor=actor,
+        )
+
+    async def _set_fields(
+        self,
+        what: str,
+        context: str,
+        user_id: object,
+        fields: Callable[[D.BalanceDoc], tuple[dict[str, Any], dict[str, Any]]],
+        *,
+        actor: str,
+    ) -> BalanceState:
+        """Set per-user fields (not the balance) of an existing user, with a ledger row of
+        amount 0 recording what changed."""
 
         def change(
             doc: D.BalanceDoc, now: datetime, op_id: ObjectId
         ) -> tuple[dict[str, Any], dict[str, Any]]:
+            sets, recorded = fields(doc)
             row = change_row(
                 op_id,
                 doc.user,
                 now,
-                context=SET_AUTO_REFILL,
+                context=context,
                 before=doc.balance,
                 after=doc.balance,
                 actor=actor,
-                extra={"autoRefillEnabled": enabled},
+                extra=recorded,
             )
-            return {"$set": {D.AUTO: enabled}}, row
+            return {"$set": sets}, row
 
-        doc, _, now = await self._change("set_auto_refill", user_id, change, create=False)
+        doc, _, now = await self._change(what, user_id, change, create=False)
         return self._state(doc, now)
 
     async def refill_now(self, user_id: object, *, actor: str, reason: str) -> BalanceState:

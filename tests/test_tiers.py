@@ -227,19 +227,22 @@ async def test_adaptive_tier_refills_with_usage(make_refiller: Make, clock: Fake
     assert second.granted > first.granted
 
 
+def due_for_promotion(clock: FakeClock) -> dict[str, Any]:
+    """A regular user whose refill is due, after two busy periods (900 of 1000 each)."""
+    return {
+        "user": "u",
+        "tokenCredits": 0,
+        "lastRefill": clock() - timedelta(days=31),
+        "spentSinceRefill": 900,
+        "spendHistory": [900],
+    }
+
+
 async def test_refill_with_promotion_within_budget(
     tiered: BalanceRefiller, clock: FakeClock, db: Any, log: CallLog
 ) -> None:
     """Tier changes ride on the refill's own write: still at most four calls, one on login without refill."""
-    await db["balances"].insert_one(
-        {
-            "user": "u",
-            "tokenCredits": 0,
-            "lastRefill": clock() - timedelta(days=31),
-            "spentSinceRefill": 900,
-            "spendHistory": [900],
-        }
-    )
+    await db["balances"].insert_one(due_for_promotion(clock))
     log.reset()
     state = await tiered.ensure_balance("u")
     assert (state.tier, log.count <= 4) == ("heavy", True)
@@ -254,15 +257,7 @@ async def test_concurrent_refills_with_promotion_once(
 ) -> None:
     """Racing calls on a user due for a promotion: one refill, one tier change."""
     refiller = make_racing(TIERS)
-    await db["balances"].insert_one(
-        {
-            "user": "u",
-            "tokenCredits": 0,
-            "lastRefill": clock() - timedelta(days=31),
-            "spentSinceRefill": 900,
-            "spendHistory": [900],
-        }
-    )
+    await db["balances"].insert_one(due_for_promotion(clock))
     racers = [refiller.ensure_balance("u") for _ in range(100)]
     racers += [refiller.spend("u", 1) for _ in range(100)]
     await asyncio.gather(*racers)
