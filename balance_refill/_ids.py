@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, Literal
 
 from bson import ObjectId
 
@@ -11,6 +12,18 @@ from .errors import InvalidAmount, InvalidArgument, InvalidUserId
 
 UserId = str | int | ObjectId
 """The accepted user id types."""
+
+Credits = int | float
+"""A number of credits: LibreChat's `tokenCredits` is a JavaScript Number, often fractional."""
+
+UserIdMode = Literal["auto", "objectid", "str"]
+"""How user ids are stored: "auto" stores a 24-hex string as an ObjectId (as Mongoose
+casts it) and keeps other strings and ints; "objectid" requires ObjectIds (or their hex);
+"str" stores ObjectIds as their hex string and keeps strings and ints."""
+
+USER_ID_MODES: tuple[UserIdMode, ...] = ("auto", "objectid", "str")
+
+_HEX24 = re.compile(r"[0-9a-fA-F]{24}")
 
 MAX_SAFE_INT = 2**53
 """LibreChat reads balances as JavaScript numbers: integers beyond 2**53 lose precision."""
@@ -44,16 +57,43 @@ def check_user_id(user_id: object) -> UserId:
     )
 
 
+def stored_user_id(user_id: object, mode: UserIdMode) -> UserId:
+    """`user_id` checked and converted to the value stored in `user` (see `UserIdMode`)."""
+    user = check_user_id(user_id)
+    if mode == "auto":
+        if isinstance(user, str) and _HEX24.fullmatch(user):
+            return ObjectId(user)
+        return user
+    if mode == "objectid":
+        if isinstance(user, ObjectId):
+            return user
+        if isinstance(user, str) and _HEX24.fullmatch(user):
+            return ObjectId(user)
+        raise InvalidUserId(
+            f"user id must be an ObjectId or 24 hex digits (user_ids='objectid'), got {describe(user)}"
+        )
+    if isinstance(user, ObjectId):  # mode "str"
+        return str(user)
+    return user
+
+
+def check_user_id_mode(mode: object) -> UserIdMode:
+    for known in USER_ID_MODES:
+        if mode == known and isinstance(mode, str):
+            return known
+    raise InvalidArgument(f"user_ids must be 'auto', 'objectid' or 'str', got {describe(mode)}")
+
+
 def check_amount(
     amount: object, *, what: str = "amount", allow_zero: bool = False, allow_negative: bool = False
-) -> int:
-    """Return `amount` as an int if it is a finite integer within +/- 2**53."""
+) -> Credits:
+    """Return `amount` unchanged if it is a finite int or float within +/- 2**53."""
     if isinstance(amount, float):
-        kind = "finite" if not math.isfinite(amount) else "a whole number of credits (an int)"
-        raise InvalidAmount(f"{what} must be {kind}, got {amount!r}")
-    if isinstance(amount, bool) or not isinstance(amount, int):
+        if not math.isfinite(amount):
+            raise InvalidAmount(f"{what} must be finite, got {amount!r}")
+    elif isinstance(amount, bool) or not isinstance(amount, int):
         raise InvalidAmount(
-            f"{what} must be an integer, got {type(amount).__name__}: {describe(amount)}"
+            f"{what} must be a number (int or float), got {type(amount).__name__}: {describe(amount)}"
         )
     if abs(amount) > MAX_SAFE_INT:
         raise InvalidAmount(f"{what} {amount} is beyond 2**53, which LibreChat cannot represent")

@@ -115,6 +115,7 @@ class Store:
     # -- balances -------------------------------------------------------------------
 
     async def upsert_read(self, filter_: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
+        """Upsert the oldest matching document; returns it as it was before (None: created)."""
         return await self.run(
             "read-or-create balance",
             lambda: self.balances.find_one_and_update(
@@ -122,7 +123,7 @@ class Store:
                 update,
                 upsert=True,
                 sort=[("_id", 1)],
-                return_document=ReturnDocument.AFTER,
+                return_document=ReturnDocument.BEFORE,
             ),
         )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ._docs import HISTORY_LENGTH, BalanceDoc
+from ._ids import Credits
 from .periods import is_due, next_refill_at, periods_elapsed
 from .policy import AdaptiveAmount, RefillMode, RefillPolicy, TieredPolicy
 
@@ -19,22 +20,29 @@ from .policy import AdaptiveAmount, RefillMode, RefillPolicy, TieredPolicy
 class RefillPlan:
     """What one refill does: the tier it applies (after activity rules), the amount it
     uses (fixed or adaptive), the balance before and after, and the spend history the
-    document keeps afterwards (oldest period first)."""
+    document keeps afterwards (oldest period first). `before` and `after` are stored
+    balances; `reserved` is what LibreChat's in-flight requests hold of them."""
 
     tier: str
     policy: RefillPolicy
-    before: int
-    after: int
-    amount: int
+    before: Credits
+    after: Credits
+    amount: Credits
     previous_tier: str | None = None
-    history: tuple[int, ...] = ()
+    history: tuple[Credits, ...] = ()
+    reserved: Credits = 0
 
     @property
-    def granted(self) -> int:
+    def granted(self) -> Credits:
         return self.after - self.before
 
+    @property
+    def available_after(self) -> Credits:
+        """What the user can spend after the refill."""
+        return self.after - self.reserved
 
-def refill_level(mode: RefillMode, amount: int, cap: int | None, before: int) -> int:
+
+def refill_level(mode: RefillMode, amount: Credits, cap: int | None, before: Credits) -> Credits:
     """The balance a refill leaves: top_up never lowers, add adds, reset sets; a cap
     limits what a refill brings but never takes away credits already held."""
     if mode == "reset":
@@ -75,7 +83,7 @@ def period_elapsed(tiers: TieredPolicy, doc: BalanceDoc, now: datetime) -> bool:
     return is_due(tiers.tiers[period_tier(tiers, doc)].period, doc.last_refill, now)
 
 
-def closing_history(tiers: TieredPolicy, doc: BalanceDoc, now: datetime) -> tuple[int, ...]:
+def closing_history(tiers: TieredPolicy, doc: BalanceDoc, now: datetime) -> tuple[Credits, ...]:
     """The spend history after closing the current period at `now`: the credits spent
     since the last refill, then a zero for each whole period the user missed."""
     missed = 0
@@ -86,7 +94,9 @@ def closing_history(tiers: TieredPolicy, doc: BalanceDoc, now: datetime) -> tupl
     return history[-HISTORY_LENGTH:]
 
 
-def apply_rules(tiers: TieredPolicy, tier: str, history: tuple[int, ...], *, pinned: bool) -> str:
+def apply_rules(
+    tiers: TieredPolicy, tier: str, history: tuple[Credits, ...], *, pinned: bool
+) -> str:
     """The tier the activity rules move a user to (the first rule that fires wins)."""
     if pinned:
         return tier
@@ -105,7 +115,7 @@ def apply_rules(tiers: TieredPolicy, tier: str, history: tuple[int, ...], *, pin
     return tier
 
 
-def adaptive_amount(adaptive: AdaptiveAmount, base: int, history: tuple[int, ...]) -> int:
+def adaptive_amount(adaptive: AdaptiveAmount, base: int, history: tuple[Credits, ...]) -> int:
     """EWMA of spend per period (starting from `base`) times headroom, clamped."""
     estimate = float(base)
     for spent in history:
@@ -115,21 +125,30 @@ def adaptive_amount(adaptive: AdaptiveAmount, base: int, history: tuple[int, ...
 
 
 def plan_refill(
-    tiers: TieredPolicy, doc: BalanceDoc, now: datetime, needed: int = 0, *, force: bool = False
+    tiers: TieredPolicy,
+    doc: BalanceDoc,
+    now: datetime,
+    needed: Credits = 0,
+    *,
+    force: bool = False,
 ) -> RefillPlan | None:
     """The refill due for `doc` at `now`, or None.
 
     Due when all hold: auto refill is on (for the user and the tier), the period has
-    elapsed, and the balance is below max(threshold, needed). `force` (an admin's
-    `refill_now`) skips all three and leaves the tier alone. The activity rules then
-    pick the tier, whose amount (fixed or adaptive), mode and cap apply. A refill that
-    would change nothing is not made (unless forced).
+    elapsed, and the available balance (credits not reserved by LibreChat's in-flight
+    requests) is below max(threshold, needed). `force` (an admin's `refill_now`) skips
+    all three and leaves the tier alone. Never while LibreChat's own refill is settling.
+    The activity rules then pick the tier, whose amount (fixed or adaptive), mode and cap
+    apply to the available balance. A refill that would change nothing is not made
+    (unless forced).
     """
+    if doc.pending_refill:
+        return None
     tier = assigned_tier(tiers, doc)
     if not force:
         if not auto_refill_on(tiers, doc) or not period_elapsed(tiers, doc, now):
             return None
-        if doc.balance >= max(tiers.tiers[tier].effective_threshold, needed):
+        if doc.available >= max(tiers.tiers[tier].effective_threshold, needed):
             return None
     history = closing_history(tiers, doc, now)
     new_tier = tier if force else apply_rules(tiers, tier, history, pinned=doc.pinned)
@@ -137,7 +156,9 @@ def plan_refill(
     amount = policy.amount
     if policy.adaptive is not None:
         amount = adaptive_amount(policy.adaptive, policy.amount, history)
-    after = refill_level(policy.mode, amount, policy.max_balance, doc.balance)
+    level = refill_level(policy.mode, amount, policy.max_balance, doc.available)
+    # Unchanged stays exactly unchanged (a float's round trip through `available` may not).
+    after = doc.balance if level == doc.available else level + doc.reserved
     if after == doc.balance and not force and new_tier == tier:
         return None
     return RefillPlan(
@@ -148,4 +169,5 @@ def plan_refill(
         amount=amount,
         previous_tier=tier if new_tier != tier else None,
         history=history,
+        reserved=doc.reserved,
     )

@@ -55,7 +55,7 @@ class _Simulation:
         self.dry: dict[str, int] = {}  # user -> messages refused since they ran dry
 
     def _refilled(
-        self, notes: list[str], name: str, granted: int, balance: int, where: str
+        self, notes: list[str], name: str, granted: float, balance: float, where: str
     ) -> None:
         self.refills += 1
         missed = self.dry.pop(name, 0)
@@ -69,9 +69,7 @@ class _Simulation:
         if day == p.first_day:
             notes.append(f"{p.name} signs up with {state.balance}")
             if p.paused:
-                await self.balances.update_one(
-                    {"user": p.name}, {"$set": {"autoRefillEnabled": False}}
-                )
+                await self.refiller.set_auto_refill(p.name, False, actor="demo")
         if state.refilled:
             self._refilled(notes, p.name, state.granted, state.balance, "at login")
         for _ in range(p.messages_per_day):
@@ -114,7 +112,7 @@ async def run_demo(
         f"policy: {DEMO_POLICY.amount} credits every {DEMO_POLICY.interval} (top_up), "
         f"new users start with {DEMO_POLICY.start_balance}"
     )
-    out("dan's refills are paused (autoRefillEnabled: false); eve signs up on day 45\n")
+    out("dan's refills are paused (by an admin, with set_auto_refill); eve signs up on day 45\n")
     sim = _Simulation(refiller, balances, clock, seed)
     for day in range(days):
         day_start = start + timedelta(days=day)

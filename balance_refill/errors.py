@@ -37,8 +37,8 @@ class InsufficientCredits(BalanceRefillError):
         self,
         user_id: object,
         *,
-        balance: int,
-        amount: int,
+        balance: int | float,
+        amount: int | float,
         next_refill_at: datetime | None,
     ) -> None:
         self.user_id = user_id

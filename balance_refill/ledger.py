@@ -7,9 +7,12 @@ from typing import Any
 
 from bson import ObjectId
 
+from ._ids import Credits
 from .decisions import RefillPlan
 
 AUTO_REFILL = "autoRefill"
+REFILL_RESET = "refillReset"  # a `reset` refill that lowered the balance (LibreChat's
+# autoRefill rows only ever add, so a lowering gets a context of its own)
 ADMIN = "admin"
 SET_BALANCE = "setBalance"
 SET_TIER = "setTier"
@@ -28,7 +31,10 @@ def refill_row(
     actor: str | None = None,
     reason: str | None = None,
 ) -> dict[str, Any]:
-    """The row recording one refill: `rawAmount` and `tokenValue` are the credits added."""
+    """The row recording one refill: `rawAmount` and `tokenValue` are the credits added
+    (negative, under `refillReset`, when a reset lowered the balance)."""
+    if context == AUTO_REFILL and plan.granted < 0:
+        context = REFILL_RESET
     row: dict[str, Any] = {
         "_id": row_id,
         "user": user,
@@ -60,8 +66,8 @@ def change_row(
     now: datetime,
     *,
     context: str,
-    before: int,
-    after: int,
+    before: Credits,
+    after: Credits,
     actor: str,
     reason: str | None = None,
     extra: dict[str, Any] | None = None,

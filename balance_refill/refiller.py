@@ -19,7 +19,16 @@ from typing import Any
 from bson import ObjectId
 
 from . import _docs as D
-from ._ids import UserId, check_amount, check_text, check_user_id, describe
+from ._ids import (
+    Credits,
+    UserId,
+    UserIdMode,
+    check_amount,
+    check_text,
+    check_user_id_mode,
+    describe,
+    stored_user_id,
+)
 from ._store import AsyncCollection, DuplicateKey, Store
 from .decisions import RefillPlan, assigned_tier, next_refill, period_tier, plan_refill
 from .errors import (
@@ -61,6 +70,8 @@ class BalanceRefiller:
 
     `balances` and `ledger` are async collections (pymongo's AsyncCollection, Motor or
     mongomock-motor). `clock` returns an aware UTC datetime; it is read once per operation.
+    `user_ids` says how ids are stored (`"auto"`: a 24-hex string is an ObjectId, as
+    LibreChat's Mongoose schema casts it; other strings and ints are kept).
     """
 
     def __init__(
@@ -74,8 +85,10 @@ class BalanceRefiller:
         max_attempts: int = 16,
         retry_attempts: int = 3,
         retry_delay: float = 0.05,
+        user_ids: UserIdMode = "auto",
     ) -> None:
         self.policy = policy
+        self._user_ids: UserIdMode = check_user_id_mode(user_ids)
         self._tiers: TieredPolicy = as_tiered(policy)
         self._store = Store(balances, ledger, attempts=retry_attempts, retry_delay=retry_delay)
         self._clock: Clock = clock or utc_now
@@ -114,6 +127,10 @@ class BalanceRefiller:
 
     # -- helpers --------------------------------------------------------------------
 
+    def _user(self, user_id: object) -> UserId:
+        """The user id as stored (validated; a 24-hex string becomes an ObjectId)."""
+        return stored_user_id(user_id, self._user_ids)
+
     def now(self) -> datetime:
         """Read the clock once: aware UTC, millisecond precision (what MongoDB stores)."""
         value = self._clock()
@@ -127,7 +144,7 @@ class BalanceRefiller:
         now: datetime,
         *,
         refilled: bool = False,
-        granted: int = 0,
+        granted: Credits = 0,
     ) -> BalanceState:
         return BalanceState(
             user_id=doc.user,
@@ -148,23 +165,28 @@ class BalanceRefiller:
         return self._mirrored[tier]
 
     async def _read_or_create(self, user: UserId, now: datetime) -> D.BalanceDoc:
-        """One call: the user's oldest document, created first if the user is new."""
+        """One call: the user's oldest document, created first if the user is new.
+
+        The call returns the document as it was before (None when it created it) and the
+        document after is derived here, so a LibreChat refill switch found on is logged."""
         default = self._tiers.tiers[self._tiers.default_tier]
-        update = D.first_seen_update(
+        insert = D.first_seen_insert(
             user,
             now,
             start_balance=default.start_balance,
-            auto_refill=default.auto_refill,
             librechat_fields=self._librechat_fields(self._tiers.default_tier),
         )
+        update = D.first_seen_update(insert, now)
         for _ in range(3):
             try:
-                raw = await self._store.upsert_read(D.by_user(user), update)
+                before = await self._store.upsert_read(D.by_user(user), update)
             except DuplicateKey:
                 # Two first requests raced: the other one created the document.
                 log.debug("first-seen race for %r; reading again", user)
                 continue
-            return await self._settled(D.parse(raw))
+            if before is not None and before.get(D.AUTO) is True:
+                _switched_off(user)
+            return await self._settled(D.parse(D.after_first_seen(before, insert, user, now)))
         raise ContentionError(f"could not read or create the balance of user {user!r}")
 
     async def _settled(self, doc: D.BalanceDoc) -> D.BalanceDoc:
@@ -204,6 +226,9 @@ class BalanceRefiller:
         its own write on the next read.
         """
         sets = update.setdefault("$set", {})
+        sets.update(D.OWNED)
+        if doc.librechat_auto:
+            _switched_off(doc.user)
         if row is not None and self.has_ledger:
             sets[D.PENDING] = row
         raw = await self._store.modify(what, self._cas_filter(doc), update)
@@ -216,9 +241,10 @@ class BalanceRefiller:
         return after
 
     def _refill_update(
-        self, plan: RefillPlan, now: datetime, op_id: ObjectId, charge: int
+        self, plan: RefillPlan, now: datetime, op_id: ObjectId, charge: Credits
     ) -> dict[str, Any]:
         sets: dict[str, Any] = {
+            **D.OWNED,
             D.CREDITS: plan.after - charge,
             D.LAST_REFILL: now,
             D.REFILL_TIER: plan.tier,
@@ -237,7 +263,7 @@ class BalanceRefiller:
         plan: RefillPlan,
         now: datetime,
         *,
-        charge: int = 0,
+        charge: Credits = 0,
         request_key: int | None = None,
     ) -> tuple[D.BalanceDoc | None, ObjectId]:
         """An automatic refill (charging `charge` in the same write, recording
@@ -251,14 +277,14 @@ class BalanceRefiller:
 
     # -- public API -----------------------------------------------------------------
 
-    async def ensure_balance(self, user_id: object, needed: int = 0) -> BalanceState:
+    async def ensure_balance(self, user_id: object, needed: Credits = 0) -> BalanceState:
         """Refill `user_id` if due, and return the state afterwards.
 
         Refills if and only if auto refill is on for the user, the period has elapsed,
-        and the balance is below max(threshold, needed). One database call when no
-        refill happens; a refill with its ledger row takes at most four.
+        and the available balance is below max(threshold, needed). One database call when
+        no refill happens; a refill with its ledger row takes at most four.
         """
-        user = check_user_id(user_id)
+        user = self._user(user_id)
         needed = check_amount(needed, what="needed", allow_zero=True)
         now = self.now()
         mine: tuple[ObjectId, RefillPlan] | None = None
@@ -279,15 +305,16 @@ class BalanceRefiller:
         )
 
     async def spend(
-        self, user_id: object, amount: int, *, request_id: str | None = None
+        self, user_id: object, amount: Credits, *, request_id: str | None = None
     ) -> BalanceState:
         """Deduct `amount` atomically if the balance covers it.
 
         If it does not and a refill is due, refill and try once more; otherwise raise
         `InsufficientCredits` and change nothing. With `request_id`, a retried request
-        is charged once (the last 32 ids are kept on the document).
+        is charged once (the last 32 ids are kept on the document). Credits reserved by
+        LibreChat's in-flight requests are not spendable.
         """
-        user = check_user_id(user_id)
+        user = self._user(user_id)
         amount = check_amount(amount, what="amount")
         key = (
             D.random_request_key()
@@ -303,6 +330,8 @@ class BalanceRefiller:
                 await self._read_or_create(user, now)  # first seen: create, then charge
                 continue
             doc = await self._settled(D.parse(raw))
+            if doc.librechat_auto:
+                _switched_off(user)
             outcome = D.spend_outcome(doc, amount, key)
             if outcome == "charged":
                 doc.balance -= amount
@@ -317,11 +346,11 @@ class BalanceRefiller:
             if plan is None:
                 raise InsufficientCredits(
                     user,
-                    balance=doc.balance,
+                    balance=doc.available,
                     amount=amount,
                     next_refill_at=next_refill(self._tiers, doc, now),
                 )
-            charge = amount if plan.after >= amount else 0
+            charge = amount if plan.available_after >= amount else 0
             after, op_id = await self._refill(
                 doc, plan, now, charge=charge, request_key=key if charge else None
             )
@@ -331,7 +360,7 @@ class BalanceRefiller:
             if not charge:
                 raise InsufficientCredits(
                     user,
-                    balance=after.balance,
+                    balance=after.available,
                     amount=amount,
                     next_refill_at=next_refill(self._tiers, after, now),
                 )
@@ -344,14 +373,17 @@ class BalanceRefiller:
         self,
         what: str,
         user_id: object,
-        change: Callable[[D.BalanceDoc, datetime, ObjectId], tuple[dict[str, Any], dict[str, Any]]],
+        change: Callable[
+            [D.BalanceDoc, datetime, ObjectId], tuple[dict[str, Any], dict[str, Any]] | None
+        ],
         *,
         create: bool,
-    ) -> tuple[D.BalanceDoc, dict[str, Any], datetime]:
+    ) -> tuple[D.BalanceDoc, dict[str, Any] | None, datetime]:
         """Read the user's document, apply `change` (returning the update and its ledger
-        row) with a compare-and-swap, retrying lost races. A retry after a lost reply
-        recognises its own write by the op id, so each call changes the balance once."""
-        user = check_user_id(user_id)
+        row, or None for "nothing to do") with a compare-and-swap, retrying lost races. A
+        retry after a lost reply recognises its own write by the op id, so each call
+        changes the balance once. The row is None when nothing was written."""
+        user = self._user(user_id)
         now = self.now()
         mine: tuple[ObjectId, dict[str, Any]] | None = None
         for _ in range(self._max_attempts):
@@ -359,7 +391,10 @@ class BalanceRefiller:
             if mine is not None and doc.op_id == mine[0]:
                 return doc, mine[1], now
             op_id = ObjectId()
-            update, row = change(doc, now, op_id)
+            planned = change(doc, now, op_id)
+            if planned is None:
+                return doc, None, now
+            update, row = planned
             update.setdefault("$set", {})[D.OP_ID] = op_id
             after = await self._commit(what, doc, update, row)
             if after is not None:
@@ -375,7 +410,7 @@ class BalanceRefiller:
 
     async def get_state(self, user_id: object) -> BalanceState:
         """The user's state, read only: creates nothing, changes nothing (one call)."""
-        user = check_user_id(user_id)
+        user = self._user(user_id)
         now = self.now()
         raw = await self._store.find_balance(D.by_user(user))
         if raw is None:
@@ -387,7 +422,7 @@ class BalanceRefiller:
         what: str,
         context: str,
         user_id: object,
-        target: Callable[[D.BalanceDoc, datetime], int],
+        target: Callable[[D.BalanceDoc, datetime], Credits],
         *,
         actor: str,
         reason: str,
@@ -416,7 +451,7 @@ class BalanceRefiller:
     async def grant(
         self,
         user_id: object,
-        amount: int,
+        amount: Credits,
         *,
         actor: str,
         reason: str,
@@ -427,7 +462,7 @@ class BalanceRefiller:
         `allow_negative`; then `InsufficientCredits` is raised and nothing changes."""
         amount = check_amount(amount, what="amount", allow_negative=True)
 
-        def target(doc: D.BalanceDoc, now: datetime) -> int:
+        def target(doc: D.BalanceDoc, now: datetime) -> Credits:
             after = doc.balance + amount
             if after < 0 and not allow_negative:
                 raise InsufficientCredits(
@@ -450,7 +485,7 @@ class BalanceRefiller:
         )
 
     async def set_balance(
-        self, user_id: object, amount: int, *, actor: str, reason: str
+        self, user_id: object, amount: Credits, *, actor: str, reason: str
     ) -> BalanceState:
         """Set the balance to `amount`; the ledger row (`context: "setBalance"`) records
         the difference."""
@@ -500,7 +535,7 @@ class BalanceRefiller:
             "set_auto_refill",
             SET_AUTO_REFILL,
             user_id,
-            lambda doc: ({D.AUTO: enabled}, {"autoRefillEnabled": enabled}),
+            lambda doc: ({D.PAUSED: not enabled}, {"autoRefillEnabled": enabled}),
             actor=actor,
         )
 
@@ -538,15 +573,19 @@ class BalanceRefiller:
     async def refill_now(self, user_id: object, *, actor: str, reason: str) -> BalanceState:
         """Refill immediately, ignoring the period and the threshold (not the pause's
         absence: a paused user can be refilled by hand). The ledger row has
-        `context: "refillNow"`. One refill per call, even when retried after a lost reply."""
+        `context: "refillNow"`. One refill per call, even when retried after a lost reply.
+        A refill that would not change the balance (a top-up already at the amount, a cap
+        reached) or one while LibreChat's own refill is settling changes nothing and
+        returns `refilled=False`."""
         actor = check_text(actor, what="actor")
         reason = check_text(reason, what="reason")
 
         def change(
             doc: D.BalanceDoc, now: datetime, op_id: ObjectId
-        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        ) -> tuple[dict[str, Any], dict[str, Any]] | None:
             plan = plan_refill(self._tiers, doc, now, force=True)
-            assert plan is not None  # noqa: S101 - a forced plan always exists
+            if plan is None or plan.after == plan.before:
+                return None
             update = self._refill_update(plan, now, op_id, charge=0)
             row = refill_row(
                 op_id, doc.user, now, plan, context=REFILL_NOW, actor=actor, reason=reason
@@ -554,11 +593,13 @@ class BalanceRefiller:
             return update, row
 
         doc, row, now = await self._change("refill_now", user_id, change, create=True)
-        return self._state(doc, now, refilled=True, granted=int(row["rawAmount"]))
+        if row is None:
+            return self._state(doc, now)
+        return self._state(doc, now, refilled=True, granted=row["rawAmount"])
 
     async def history(self, user_id: object, limit: int = 50) -> list[dict[str, Any]]:
         """The user's ledger rows, newest first (at most `limit`, 1 to 1000)."""
-        user = check_user_id(user_id)
+        user = self._user(user_id)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidArgument(f"limit must be an int from 1 to 1000, got {describe(limit)}")
         if self._store.ledger is None:
@@ -661,3 +702,11 @@ class BalanceRefiller:
         if duplicates:
             raise DuplicateBalances({d["_id"]: int(d["n"]) for d in duplicates})
         return names
+
+
+def _switched_off(user: object) -> None:
+    log.warning(
+        "user %r: LibreChat's autoRefillEnabled was true on a document this library manages; "
+        "switched it off (set balance.autoRefillEnabled: false in librechat.yaml)",
+        user,
+    )

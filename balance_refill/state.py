@@ -4,26 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+
+from ._ids import Credits, UserId
 
 
 @dataclass(frozen=True, slots=True)
 class BalanceState:
     """A user's balance after an operation.
 
-    `refilled` says whether this call refilled, `granted` how many credits it added
-    (negative only for a `reset` refill that lowered the balance). `next_refill_at` is the
-    earliest time another automatic refill can happen, or None when auto refill is off.
+    `user_id` is the id as stored (a 24-hex string comes back as an ObjectId under the
+    default `user_ids="auto"`); `balance` is the stored `tokenCredits`, exactly (LibreChat's
+    balances are often fractional). `refilled` says whether this call refilled, `granted`
+    how many credits it added (negative only for a `reset` refill that lowered the
+    balance). `next_refill_at` is the earliest time another automatic refill can happen,
+    or None when auto refill is off.
     """
 
-    user_id: Any
-    balance: int
+    user_id: UserId
+    balance: Credits
     refilled: bool
-    granted: int
+    granted: Credits
     last_refill: datetime | None
     next_refill_at: datetime | None
     tier: str = "default"
     auto_refill: bool = True
     pinned: bool = False
-    spent_since_refill: int = 0
+    spent_since_refill: Credits = 0
     last_seen: datetime | None = None

@@ -224,12 +224,14 @@ class Sweep:
         }
 
     def _below(self) -> dict[str, Any]:
+        """Possibly below the highest threshold: under it, missing, or holding credits
+        reserved by LibreChat (whose available balance is decided in Python)."""
         top = max(p.effective_threshold for p in self.tiers.tiers.values())
-        return {"$or": [{D.CREDITS: {"$lt": top}}, {D.CREDITS: None}]}
+        return {"$or": [{D.CREDITS: {"$lt": top}}, {D.CREDITS: None}, {D.RESERVED: {"$gt": 0}}]}
 
     def candidates(self, now: datetime) -> dict[str, Any]:
         """Users that may be due: the one query whose results are read."""
-        clauses = [self._time_due(now), {D.AUTO: {"$ne": False}}, self._below()]
+        clauses = [self._time_due(now), {D.PAUSED: {"$ne": True}}, self._below()]
         active = self._active(now)
         if active is not None:
             clauses.append(active)
@@ -239,9 +241,9 @@ class Sweep:
         """Count, on the server, the time-due users the candidate query leaves out."""
         base = self._time_due(now)
         tally.skipped["paused"] += await self.store.count(
-            self.store.balances, {"$and": [base, {D.AUTO: False}]}
+            self.store.balances, {"$and": [base, {D.PAUSED: True}]}
         )
-        rest = [base, {D.AUTO: {"$ne": False}}]
+        rest = [base, {D.PAUSED: {"$ne": True}}]
         active = self._active(now)
         if active is not None:
             tally.skipped["inactive"] += await self.store.count(
@@ -250,7 +252,8 @@ class Sweep:
             rest.append(active)
         top = max(p.effective_threshold for p in self.tiers.tiers.values())
         tally.skipped["above_threshold"] += await self.store.count(
-            self.store.balances, {"$and": [*rest, {D.CREDITS: {"$gte": top}}]}
+            self.store.balances,
+            {"$and": [*rest, {D.CREDITS: {"$gte": top}}, {D.RESERVED: {"$not": {"$gt": 0}}}]},
         )
 
     # -- the run ----------------------------------------------------------------------
@@ -387,6 +390,8 @@ class Sweep:
         tally.tiers[plan.tier] += 1
 
     def _reason(self, doc: D.BalanceDoc, now: datetime) -> str:
+        if doc.pending_refill:
+            return "raced"  # LibreChat's own refill is settling
         if not auto_refill_on(self.tiers, doc):
             return "paused"
         if not period_elapsed(self.tiers, doc, now):

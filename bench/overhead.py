@@ -177,11 +177,10 @@ async def mock_pairs(rounds: int) -> dict[str, tuple[Step, Step]]:
     }
     policy = librechat_policy()
     first_seen = D.first_seen_update(
-        user,
+        D.first_seen_insert(
+            user, now, start_balance=policy.start_balance, librechat_fields=librechat_fields
+        ),
         now,
-        start_balance=policy.start_balance,
-        auto_refill=policy.auto_refill,
-        librechat_fields=librechat_fields,
     )
     filter_ = D.by_user(user)
     n_pipelines = rounds + 16
@@ -197,7 +196,7 @@ async def mock_pairs(rounds: int) -> dict[str, tuple[Step, Step]]:
             first_seen,
             upsert=True,
             sort=D.OLDEST_FIRST,
-            return_document=ReturnDocument.AFTER,
+            return_document=ReturnDocument.BEFORE,
         )
 
     async def ours_spend() -> Any:

@@ -171,7 +171,7 @@ async def test_get_state_is_read_only(
     [
         (lambda r: r.set_tier("u", "platinum", actor="a"), UnknownTier),
         (lambda r: r.set_tier("u", {"$ne": 1}, actor="a"), UnknownTier),
-        (lambda r: r.grant("u", 1.5, actor="a", reason="r"), BalanceRefillError),
+        (lambda r: r.grant("u", -0.0, actor="a", reason="r"), BalanceRefillError),
         (lambda r: r.grant("u", float("nan"), actor="a", reason="r"), BalanceRefillError),
         (lambda r: r.grant("u", float("inf"), actor="a", reason="r"), BalanceRefillError),
         (lambda r: r.grant("u", 2**53 + 1, actor="a", reason="r"), BalanceRefillError),
@@ -239,7 +239,9 @@ async def test_every_admin_operation_racing_the_hot_path(
     assert all(
         not isinstance(r, BaseException) or isinstance(r, InsufficientCredits) for r in results
     )
-    assert len(await rows(db, context="refillNow")) == 5
+    refilled_now = sum(1 for r in results[:5] if not isinstance(r, BaseException) and r.refilled)
+    assert refilled_now >= 1  # a refill_now that would add nothing writes nothing
+    assert len(await rows(db, context="refillNow")) == refilled_now
     assert len(await rows(db, context="admin")) == 5
     assert len(await rows(db, context="setAutoRefill")) == 6
     assert len(await rows(db, context="setTier")) == 6

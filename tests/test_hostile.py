@@ -59,8 +59,8 @@ BAD_USER_IDS: list[Any] = [
 BAD_AMOUNTS: list[Any] = [
     -1,
     0,
-    1.0,
-    2.5,
+    -0.0,
+    -2.5,
     float("nan"),
     float("inf"),
     -float("inf"),
@@ -115,7 +115,8 @@ CASES = (
         (f"amount {a!r} via {op}", fn, a)
         for op, fn in AMOUNT_OPS.items()
         for a in BAD_AMOUNTS
-        if not (type(a) is int and a == 0 and op in ZERO_OK) and not (op == "grant" and a == -1)
+        if not (type(a) in (int, float) and a == 0 and op in ZERO_OK)
+        and not (op == "grant" and a in (-1, -2.5))
     ]
     + [("correction below zero via grant", AMOUNT_OPS["grant"], -(10**6))]
     + [

@@ -17,7 +17,6 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from mongomock_motor import AsyncMongoMockClient
 
 from balance_refill import (
     BalanceRefiller,
@@ -27,7 +26,9 @@ from balance_refill import (
     UserNotFound,
 )
 from balance_refill.periods import next_refill_at
-from balance_refill.testing import FakeClock, MockDatabase
+from balance_refill.testing import FakeClock
+
+from .wire import backend
 
 REGULAR = RefillPolicy(amount=1_000, interval="1mo", start_balance=300)
 HEAVY = RefillPolicy(
@@ -56,21 +57,22 @@ LANDMARKS = [
     datetime(2028, 11, 5, 6, tzinfo=UTC),  # New York falls back
     datetime(2028, 12, 31, 23, 30, tzinfo=UTC),
 ]
+REFILL_CONTEXTS = ("autoRefill", "refillReset", "refillNow")
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 EXAMPLES = {"ci": 2_000, "long": 20_000}.get(PROFILE, 2_000)
 
 
 @dataclass
 class ModelUser:
-    balance: int
+    balance: float
     last_refill: datetime
     tier: str = "regular"
     refill_tier: str | None = None
     auto: bool = True
-    spent: int = 0
+    spent: float = 0
 
 
-def level(policy: RefillPolicy, before: int) -> int:
+def level(policy: RefillPolicy, before: float) -> float:
     """Refill arithmetic, written out independently of the library."""
     if policy.mode == "reset":
         return policy.amount
@@ -84,8 +86,8 @@ class BalanceModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.client = AsyncMongoMockClient(tz_aware=True)
-        self.db = MockDatabase(self.client["model"])
+        self.database = backend.database("model")  # a fresh one per example
+        self.db = self.run(self.database.__aenter__())
         self.clock = FakeClock(datetime(2028, 1, 20, 10, tzinfo=UTC))
         self.refiller = BalanceRefiller(
             self.db["balances"],
@@ -102,7 +104,7 @@ class BalanceModel(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
-        self.client.close()
+        self.run(self.database.__aexit__(None, None, None))
         self.loop.close()
 
     # -- the model's decisions ------------------------------------------------------
@@ -172,8 +174,11 @@ class BalanceModel(RuleBasedStateMachine):
             self.refill(u)
         assert state.balance == u.balance
 
-    @rule(name=st.sampled_from(USERS), amount=st.sampled_from([1, 100, 999, 3_000, 8_000]))
-    def spend(self, name: str, amount: int) -> None:
+    @rule(
+        name=st.sampled_from(USERS),
+        amount=st.sampled_from([1, 100, 999, 3_000, 8_000, 0.5, 2.25, 333.3]),
+    )
+    def spend(self, name: str, amount: float) -> None:
         u = self.get(name)
         if u.balance < amount and self.due(u, amount):
             self.refill(u)
@@ -189,8 +194,8 @@ class BalanceModel(RuleBasedStateMachine):
         u.spent += amount
         assert state.balance == u.balance
 
-    @rule(name=st.sampled_from(USERS), amount=st.sampled_from([-400, 50, 700]))
-    def grant(self, name: str, amount: int) -> None:
+    @rule(name=st.sampled_from(USERS), amount=st.sampled_from([-400, 50, 700, 12.75, -0.125]))
+    def grant(self, name: str, amount: float) -> None:
         u = self.get(name)
         try:
             state = self.run(self.refiller.grant(name, amount, actor="model", reason="test"))
@@ -204,8 +209,11 @@ class BalanceModel(RuleBasedStateMachine):
     @rule(name=st.sampled_from(USERS))
     def refill_now(self, name: str) -> None:
         u = self.get(name)
-        self.refill(u)
+        changes = level(TIERS.tiers[u.tier], u.balance) != u.balance
+        if changes:  # a refill that would add nothing writes nothing and keeps the period
+            self.refill(u)
         state = self.run(self.refiller.refill_now(name, actor="model", reason="test"))
+        assert state.refilled == changes
         assert state.balance == u.balance
 
     @precondition(lambda self: bool(self.users))
@@ -251,28 +259,34 @@ class BalanceModel(RuleBasedStateMachine):
             assert d["tokenCredits"] == u.balance >= 0
             assert d["lastRefill"] == u.last_refill
             assert d.get("tier", "regular") == u.tier
-            assert d.get("autoRefillEnabled", True) == u.auto
+            assert d.get("refillPaused", False) == (not u.auto)
+            assert d["autoRefillEnabled"] is False  # LibreChat's own refill stays off
             assert "pendingLedger" not in d
 
     @invariant()
     def ledger_accounts_for_every_refill_and_grant(self) -> None:
         rows = self.run(self._all("transactions"))
-        refills = [r for r in rows if r["context"] in ("autoRefill", "refillNow")]
+        refills = [r for r in rows if r["context"] in REFILL_CONTEXTS]
         assert len(refills) == self.refills
         assert len(rows) - len(refills) == self.grants
-        for r in refills:
-            assert r["rawAmount"] == r["balanceAfter"] - r["balanceBefore"]
+        for r in rows:
+            assert r["rawAmount"] == r["tokenValue"] == r["balanceAfter"] - r["balanceBefore"]
+            assert (r["tokenType"], r["rate"]) == ("credits", 1)
+        for r in refills:  # an automatic refill that lowered the balance has its own context
+            assert (r["context"] == "refillReset") == (
+                r["context"] != "refillNow" and r["rawAmount"] < 0
+            )
 
     @invariant()
     def at_most_one_automatic_refill_per_period(self) -> None:
         rows = self.run(self._all("transactions"))
         by_user: dict[str, list[dict[str, Any]]] = {}
         for r in sorted(rows, key=lambda r: (r["createdAt"], r["_id"])):
-            if r["context"] in ("autoRefill", "refillNow"):
+            if r["context"] in REFILL_CONTEXTS:
                 by_user.setdefault(r["user"], []).append(r)
         for refills in by_user.values():
             for prev, cur in itertools.pairwise(refills):
-                if cur["context"] == "autoRefill":
+                if cur["context"] != "refillNow":
                     assert cur["createdAt"] >= next_refill_at(
                         TIERS.tiers[prev["tier"]].period, prev["createdAt"]
                     )

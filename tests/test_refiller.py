@@ -189,10 +189,8 @@ async def test_missing_last_refill_is_due(
 async def test_paused_user_never_refilled(
     refiller: BalanceRefiller, balances: RecordingCollection, clock: FakeClock
 ) -> None:
-    """autoRefillEnabled: false is a per-user pause; next_refill_at is None."""
-    await seed(
-        balances, tokenCredits=0, autoRefillEnabled=False, lastRefill=clock() - timedelta(days=400)
-    )
+    """refillPaused: true is the library's per-user pause; next_refill_at is None."""
+    await seed(balances, tokenCredits=0, refillPaused=True, lastRefill=clock() - timedelta(days=400))
     state = await refiller.ensure_balance("u1")
     assert not state.refilled
     assert state.next_refill_at is None
@@ -345,10 +343,10 @@ async def test_bad_user_ids_never_reach_a_query(
 
 
 @pytest.mark.parametrize(
-    "bad", [0, -1, 1.0, float("nan"), float("inf"), 2**53 + 1, "5", None, True]
+    "bad", [0, -1, -0.5, float("nan"), float("inf"), 2**53 + 1, 2.0**60, "5", None, True]
 )
 async def test_bad_amounts_rejected(refiller: BalanceRefiller, log: CallLog, bad: Any) -> None:
-    """Amounts must be positive whole ints within 2**53; nothing is sent otherwise."""
+    """Amounts must be positive finite numbers within 2**53; nothing is sent otherwise."""
     with pytest.raises(BalanceRefillError, match="amount"):
         await refiller.spend("u1", bad)
     assert log.count == 0

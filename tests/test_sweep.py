@@ -91,7 +91,7 @@ async def test_skip_reasons(sweeper: BalanceRefiller, db: Any, clock: FakeClock)
     await db["balances"].insert_many(
         [
             {"user": "due", "tokenCredits": 0, "lastRefill": old, "lastSeen": clock()},
-            {"user": "paused", "tokenCredits": 0, "lastRefill": old, "autoRefillEnabled": False},
+            {"user": "paused", "tokenCredits": 0, "lastRefill": old, "refillPaused": True},
             {"user": "rich", "tokenCredits": 5_000, "lastRefill": old, "lastSeen": clock()},
             {"user": "recent", "tokenCredits": 0, "lastRefill": clock() - timedelta(days=3)},
             {

@@ -43,9 +43,9 @@ async def typed_usage() -> None:
     state: BalanceState = await refiller.ensure_balance(ObjectId(), needed=5)
     when: datetime | None = state.next_refill_at
     try:
-        state = await refiller.spend("user-1", 10, request_id="req-1")
+        state = await refiller.spend("user-1", 10.5, request_id="req-1")
     except InsufficientCredits as exc:
-        balance: int = exc.balance
+        balance: float = exc.balance
         del balance
     except BalanceRefillError:
         raise
