@@ -11,6 +11,7 @@ import contextlib
 import getpass
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -31,7 +32,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
-from ._ids import UserId
+from ._ids import UserId, UserIdMode
 from ._store import Connection, connect
 from .demo import run_demo
 from .errors import (
@@ -56,6 +57,10 @@ class CliError(Exception):
     """A usage or configuration problem (exit code 2)."""
 
 
+_USER_IDS: dict[str, UserIdMode] = {"auto": "auto", "objectid": "objectid", "str": "str"}
+"""How the refiller stores ids for each --id-type (int ids are kept by every mode)."""
+
+
 def parse_user(text: str, id_type: str) -> UserId:
     """A user id from the command line: `auto` reads 24 hex digits as an ObjectId
     (LibreChat), anything else as a string; `str`, `int` and `objectid` force a type."""
@@ -73,11 +78,20 @@ def parse_user(text: str, id_type: str) -> UserId:
     return text
 
 
-def _int_arg(text: str) -> int:
+def _amount_arg(text: str) -> int | float:
+    """A number of credits: whole (`1_000`) or fractional (`12.5`), as LibreChat keeps them."""
+    cleaned = text.replace("_", "")
     try:
-        return int(text.replace("_", ""))
+        return int(cleaned)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        pass
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = add(name, help_)
         p.add_argument("user")
-        p.add_argument("amount", type=_int_arg)
+        p.add_argument("amount", type=_amount_arg)
         p.add_argument("--reason", required=True)
         p.add_argument("--actor", default=None, help="who did it (default: cli:<login>)")
         if name == "grant":
@@ -446,6 +460,7 @@ async def _run(
             policy,
             ledger=conn.collection(settings.transactions_collection),
             leases=conn.collection(settings.leases_collection),
+            user_ids=_USER_IDS.get(getattr(args, "id_type", "auto"), "auto"),
         )
         if args.command == "sweep":
             return await _sweep(args, refiller, out)

@@ -1,4 +1,4 @@
-"""The `balance-refill` CLI, in-process against the mock: output, JSON, exit codes."""
+"""The `balance-refill` CLI, in-process against the test backend: output, JSON, exit codes."""
 
 from __future__ import annotations
 
@@ -53,15 +53,14 @@ def policy_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def conn(db: Any) -> Connection:
-    return Connection(client=None, database=db, mock=True)
+def conn(cli_connection: Connection | None) -> Connection | None:
+    return cli_connection
 
 
 class Run:
-    def __init__(self, conn: Connection, policy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, conn: Connection | None, policy: Path) -> None:
         self.conn = conn
         self.policy = policy
-        monkeypatch.delenv("MONGODB_URI", raising=False)
 
     def __call__(self, *argv: str, policy: bool = True) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -76,8 +75,8 @@ class Run:
 
 
 @pytest.fixture
-def run(conn: Connection, policy_file: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
-    return Run(conn, policy_file, monkeypatch)
+def run(conn: Connection | None, policy_file: Path) -> Run:
+    return Run(conn, policy_file)
 
 
 def test_policy_check_prints_rules_per_tier(run: Run, policy_file: Path) -> None:
@@ -169,7 +168,7 @@ def test_ids_stored_with_their_types(run: Run, db: Any) -> None:
     [
         (("show", "nobody"), 1, "no balance document"),
         (("grant", "u", "-999999", "--reason", "r"), 1, "refused"),
-        (("grant", "u", "abc", "--reason", "r"), 2, "not a whole number"),
+        (("grant", "u", "abc", "--reason", "r"), 2, "not a number"),
         (("grant", "u", "5", "--reason", "r", "--actor", ""), 2, "actor"),
         (("set-tier", "u", "platinum"), 2, "platinum"),
         (("show", "u", "--id-type", "objectid"), 2, "'u' is not a 24-digit hex ObjectId"),
@@ -263,10 +262,7 @@ def test_sweep_dry_run_then_real(run: Run, db: Any) -> None:
     assert again["refilled"] == 0
 
 
-def test_sweep_progress_bar_on_a_terminal(
-    conn: Connection, policy_file: Path, db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("MONGODB_URI", raising=False)
+def test_sweep_progress_bar_on_a_terminal(conn: Connection | None, policy_file: Path, db: Any) -> None:
     _seed_due(db, 7)
     out, err = _Tty(), io.StringIO()
     assert (
@@ -318,9 +314,12 @@ def test_sweep_failed_users_exit_nonzero(
             }
         )
 
+    from pymongo.asynchronous.collection import AsyncCollection
+
     from balance_refill.testing import BulkWriteShim
 
-    monkeypatch.setattr(BulkWriteShim, "bulk_write", failing_bulk)
+    monkeypatch.setattr(BulkWriteShim, "bulk_write", failing_bulk)  # the mock's
+    monkeypatch.setattr(AsyncCollection, "bulk_write", failing_bulk)  # a server's
     code, out, _ = run("sweep", "--json")
     assert code == 1
     assert json.loads(out)["errors"] == 3
