@@ -73,7 +73,7 @@ async def test_existing_objectid_document_found_by_hex_string(
 
 
 async def test_user_id_modes(make_refiller: Make, db: Any) -> None:
-    """"str" keeps hex strings as strings; "objectid" refuses what is not an ObjectId."""
+    """ "str" keeps hex strings as strings; "objectid" refuses what is not an ObjectId."""
     as_str = make_refiller(user_ids="str")
     assert (await as_str.ensure_balance(HEX)).user_id == HEX
     assert (await as_str.ensure_balance(ObjectId(HEX))).user_id == HEX
@@ -236,7 +236,11 @@ async def test_reset_that_lowers_has_its_own_context(
     state = await refiller.ensure_balance(user)
     assert (state.balance, state.granted) == (1000, -4000.5)
     [row] = await all_docs(db["transactions"])
-    assert (row["context"], row["rawAmount"], row["tokenValue"]) == ("refillReset", -4000.5, -4000.5)
+    assert (row["context"], row["rawAmount"], row["tokenValue"]) == (
+        "refillReset",
+        -4000.5,
+        -4000.5,
+    )
     assert (row["tokenType"], row["rate"], row["user"]) == ("credits", 1, user)
 
 
