@@ -1,23 +1,28 @@
-"""Lazy, atomic, exactly-once credit refills for chat backends on MongoDB."""
+"""Lazy, atomic, exactly-once credit refills for chat backends on MongoDB.
+
+The public API is re-exported here. Date maths for periods live in the documented
+submodule `balance_refill.periods`; test helpers in `balance_refill.testing`.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
     BalanceRefillError,
+    ConfigurationError,
     ContentionError,
     DuplicateBalances,
     InsufficientCredits,
     InvalidAmount,
     InvalidArgument,
     InvalidUserId,
+    PolicyFileError,
     StorageError,
     SweepLocked,
     UnknownTier,
     UserNotFound,
 )
-from .periods import Calendar, Interval, add_months, is_due, next_refill_at, parse_interval
 from .policy import AdaptiveAmount, RefillPolicy, TieredPolicy, TierRule
-from .policy_file import PolicyFileError, load_policy_file, load_policy_text
+from .policy_file import load_policy_file
 from .refiller import BalanceRefiller
 from .state import BalanceState
 from .sweep import SweepReport
@@ -32,11 +37,10 @@ __all__ = [
     "BalanceRefillError",
     "BalanceRefiller",
     "BalanceState",
-    "Calendar",
+    "ConfigurationError",
     "ContentionError",
     "DuplicateBalances",
     "InsufficientCredits",
-    "Interval",
     "InvalidAmount",
     "InvalidArgument",
     "InvalidUserId",
@@ -50,10 +54,5 @@ __all__ = [
     "UnknownTier",
     "UserNotFound",
     "__version__",
-    "add_months",
-    "is_due",
     "load_policy_file",
-    "load_policy_text",
-    "next_refill_at",
-    "parse_interval",
 ]

@@ -2,7 +2,8 @@
 
 It runs calls on any collection with pymongo's async API (pymongo's AsyncCollection,
 Motor, mongomock-motor), retries transient failures of calls that are safe to repeat,
-and wraps every other driver error in `StorageError` with the original as `__cause__`.
+and wraps every other error a collection raises in `StorageError`, naming the call, with
+the original as `__cause__`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from pymongo import ReturnDocument, UpdateOne
@@ -25,44 +26,67 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
+from ._schema import OLDEST_FIRST, Document, Update
 from .errors import StorageError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+IndexKeys = Sequence[tuple[str, int]]
 
 
 class AsyncCollection(Protocol):
-    """The subset of pymongo's async collection API the library uses."""
+    """The part of pymongo's async collection API the library uses, with the parameters
+    it passes (pymongo's AsyncCollection, Motor and mongomock-motor all fit)."""
 
     @property
     def name(self) -> str: ...
 
-    async def find_one_and_update(
-        self, filter: Any, update: Any, *args: Any, **kwargs: Any
+    async def find_one_and_update(  # noqa: PLR0917 - pymongo's own signature
+        self,
+        filter: Mapping[str, Any],
+        update: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        projection: Mapping[str, Any] | None = None,
+        sort: IndexKeys | None = None,
+        upsert: bool = False,
+        return_document: bool = False,
+    ) -> Document | None: ...
+
+    async def find_one(
+        self, filter: Mapping[str, Any] | None = None, *, sort: IndexKeys | None = None
+    ) -> Document | None: ...
+
+    async def update_one(
+        self, filter: Mapping[str, Any], update: Mapping[str, Any], upsert: bool = False
     ) -> Any: ...
 
-    async def find_one(self, *args: Any, **kwargs: Any) -> Any: ...
+    async def update_many(self, filter: Mapping[str, Any], update: Mapping[str, Any]) -> Any: ...
 
-    async def update_one(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...
+    async def insert_one(self, document: dict[str, Any]) -> Any: ...
 
-    async def update_many(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any: ...
+    async def insert_many(self, documents: list[dict[str, Any]], ordered: bool = True) -> Any: ...
 
-    async def insert_one(self, document: Any, *args: Any, **kwargs: Any) -> Any: ...
+    async def delete_one(self, filter: Mapping[str, Any]) -> Any: ...
 
-    async def insert_many(self, documents: Any, *args: Any, **kwargs: Any) -> Any: ...
+    async def count_documents(self, filter: Mapping[str, Any]) -> int: ...
 
-    async def delete_one(self, filter: Any, *args: Any, **kwargs: Any) -> Any: ...
+    async def create_index(self, keys: IndexKeys, *, name: str, sparse: bool = False) -> str: ...
 
-    async def count_documents(self, filter: Any, *args: Any, **kwargs: Any) -> int: ...
+    async def bulk_write(self, requests: list[UpdateOne], ordered: bool = True) -> Any: ...
 
-    async def create_index(self, keys: Any, **kwargs: Any) -> str: ...
+    def find(
+        self,
+        filter: Mapping[str, Any],
+        projection: Mapping[str, Any] | None = None,
+        *,
+        sort: IndexKeys | None = None,
+        limit: int = 0,
+        batch_size: int = 0,
+    ) -> AsyncIterable[Document]: ...
 
-    async def bulk_write(self, requests: Any, *args: Any, **kwargs: Any) -> Any: ...
-
-    def find(self, *args: Any, **kwargs: Any) -> Any: ...
-
-    def aggregate(self, pipeline: Any, *args: Any, **kwargs: Any) -> Any: ...
+    def aggregate(
+        self, pipeline: list[Update]
+    ) -> Awaitable[AsyncIterable[Document]] | AsyncIterable[Document]: ...
 
 
 class DuplicateKey(Exception):
@@ -80,8 +104,13 @@ def _is_transient(exc: PyMongoError) -> bool:
     return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
 
 
+def _count(result: object, field: str) -> int:
+    value = getattr(result, field, 0)
+    return value if isinstance(value, int) else 0
+
+
 class Store:
-    """Driver calls for the balances collection and the optional ledger."""
+    """Driver calls on the balances collection, the optional ledger, and any other."""
 
     def __init__(
         self,
@@ -95,6 +124,7 @@ class Store:
         self.ledger = ledger
         self.attempts = max(1, attempts)
         self.retry_delay = retry_delay
+        self._bulk = True  # False once the collection turned out not to run bulk updates
 
     async def run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run one idempotent call, retrying transient errors; wrap the rest."""
@@ -110,11 +140,14 @@ class Store:
                         await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
                     continue
                 raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+            except (TypeError, ValueError, AttributeError, KeyError, NotImplementedError) as exc:
+                # Not a driver error: a collection that does not do what pymongo's does.
+                raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- balances -------------------------------------------------------------------
 
-    async def upsert_read(self, filter_: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
+    async def upsert_before(self, filter_: Update, update: Update) -> Document | None:
         """Upsert the oldest matching document; returns it as it was before (None: created)."""
         return await self.run(
             "read-or-create balance",
@@ -122,119 +155,124 @@ class Store:
                 filter_,
                 update,
                 upsert=True,
-                sort=[("_id", 1)],
+                sort=OLDEST_FIRST,
                 return_document=ReturnDocument.BEFORE,
             ),
         )
 
     async def modify(
-        self,
-        what: str,
-        filter_: Mapping[str, Any],
-        update: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-        *,
-        before: bool = False,
-    ) -> Any:
+        self, what: str, filter_: Update, update: Update | list[Update], *, before: bool = False
+    ) -> Document | None:
         """find_one_and_update on the oldest matching document; None if nothing matched."""
         return await self.run(
             what,
             lambda: self.balances.find_one_and_update(
                 filter_,
                 update,
-                sort=[("_id", 1)],
+                sort=OLDEST_FIRST,
                 return_document=ReturnDocument.BEFORE if before else ReturnDocument.AFTER,
             ),
         )
 
-    async def find_balance(self, filter_: Mapping[str, Any]) -> Any:
+    async def find_balance(self, filter_: Update) -> Document | None:
         return await self.run(
-            "read balance", lambda: self.balances.find_one(filter_, sort=[("_id", 1)])
+            "read balance", lambda: self.balances.find_one(filter_, sort=OLDEST_FIRST)
         )
 
-    async def update_balance(
-        self, what: str, filter_: Mapping[str, Any], update: Mapping[str, Any]
-    ) -> int:
+    async def update_balance(self, what: str, filter_: Update, update: Update) -> int:
         result = await self.run(what, lambda: self.balances.update_one(filter_, update))
-        return int(getattr(result, "modified_count", 0) or 0)
+        return _count(result, "modified_count")
+
+    async def update_many(self, what: str, filter_: Update, update: Update) -> int:
+        result = await self.run(what, lambda: self.balances.update_many(filter_, update))
+        return _count(result, "modified_count")
+
+    async def bulk_update(self, what: str, ops: Sequence[tuple[Update, Update]]) -> tuple[int, int]:
+        """Send compare-and-swap updates in one unordered bulk write.
+
+        Returns (matched, failed): updates whose filter matched, and updates the server
+        rejected. Retrying the whole batch after a lost reply is safe: an applied
+        compare-and-swap no longer matches. A collection that cannot run bulk updates
+        (mongomock's `bulk_write` under pymongo >= 4.11) gets them one at a time.
+        """
+        if not ops:
+            return 0, 0
+        if self._bulk:
+            requests = [UpdateOne(f, u) for f, u in ops]
+
+            async def write() -> tuple[int, int]:
+                try:
+                    result = await self.balances.bulk_write(requests, ordered=False)
+                except BulkWriteError as exc:
+                    details = exc.details
+                    return int(details.get("nMatched", 0)), len(details.get("writeErrors", []))
+                return _count(result, "matched_count"), 0
+
+            try:
+                return await self.run(what, write)
+            except StorageError as exc:
+                if not isinstance(exc.__cause__, TypeError):
+                    raise
+                log.info(
+                    "%s: the collection cannot run bulk updates; sending them one by one", what
+                )
+                self._bulk = False
+        matched = failed = 0
+        for filter_, update in ops:
+            try:
+                matched += await self.update_one(self.balances, filter_, update)
+            except DuplicateKey:
+                failed += 1
+        return matched, failed
+
+    # -- any collection -------------------------------------------------------------
 
     async def iterate(
         self,
         collection: AsyncCollection,
-        filter_: Mapping[str, Any],
+        filter_: Update,
         *,
-        sort: Sequence[tuple[str, int]] | None = None,
+        sort: IndexKeys | None = None,
         limit: int = 0,
-        projection: Mapping[str, Any] | None = None,
-    ) -> list[Any]:
+        projection: Update | None = None,
+    ) -> list[Document]:
         """Read at most `limit` documents (0: all) in one call."""
 
-        options: dict[str, Any] = {"sort": sort, "limit": limit}
-        if limit:
-            options["batch_size"] = limit  # one round trip, not 101 documents then a getMore
-
-        async def fetch() -> list[Any]:
-            cursor = collection.find(filter_, projection, **options)
+        async def fetch() -> list[Document]:
+            # batch_size = limit: one round trip, not 101 documents then a getMore
+            cursor = collection.find(filter_, projection, sort=sort, limit=limit, batch_size=limit)
             return [doc async for doc in cursor]
 
         return await self.run(f"read {collection.name}", fetch)
 
     async def aggregate(
-        self, collection: AsyncCollection, pipeline: Sequence[Mapping[str, Any]]
-    ) -> list[Any]:
-        async def fetch() -> list[Any]:
+        self, collection: AsyncCollection, pipeline: list[Update]
+    ) -> list[Document]:
+        async def fetch() -> list[Document]:
             cursor = collection.aggregate(list(pipeline))
-            if inspect.isawaitable(
-                cursor
-            ):  # pymongo's async API; Motor and the mock return it directly
+            if inspect.isawaitable(cursor):  # pymongo's async API; Motor and the mock don't
                 cursor = await cursor
             return [doc async for doc in _aiter(cursor)]
 
         return await self.run(f"aggregate {collection.name}", fetch)
 
     async def create_index(
-        self, collection: AsyncCollection, keys: Sequence[tuple[str, int]], **options: Any
+        self, collection: AsyncCollection, keys: IndexKeys, *, name: str, sparse: bool = False
     ) -> str:
+        options: dict[str, Any] = {"name": name}
+        if sparse:
+            options["sparse"] = True
         return await self.run(
             f"create index on {collection.name}",
             lambda: collection.create_index(list(keys), **options),
         )
 
-    async def count(self, collection: AsyncCollection, filter_: Mapping[str, Any]) -> int:
+    async def count(self, collection: AsyncCollection, filter_: Update) -> int:
         return int(
             await self.run(f"count {collection.name}", lambda: collection.count_documents(filter_))
         )
 
-    async def bulk_update(
-        self, what: str, ops: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
-    ) -> tuple[int, int]:
-        """Send compare-and-swap updates in one unordered bulk write.
-
-        Returns (matched, failed): updates whose filter matched, and updates the server
-        rejected. Retrying the whole batch after a lost reply is safe: an applied
-        compare-and-swap no longer matches.
-        """
-        if not ops:
-            return 0, 0
-        requests = [UpdateOne(dict(f), dict(u)) for f, u in ops]
-
-        async def write() -> tuple[int, int]:
-            try:
-                result = await self.balances.bulk_write(requests, ordered=False)
-            except BulkWriteError as exc:
-                return int(exc.details.get("nMatched", 0)), len(exc.details.get("writeErrors", []))
-            return int(result.matched_count), 0
-
-        return await self.run(what, write)
-
-    async def update_many(
-        self, what: str, filter_: Mapping[str, Any], update: Mapping[str, Any]
-    ) -> int:
-        result = await self.run(what, lambda: self.balances.update_many(filter_, update))
-        return int(getattr(result, "modified_count", 0) or 0)
-
-    # -- leases ---------------------------------------------------------------------
-
-    async def try_insert(self, collection: AsyncCollection, doc: Mapping[str, Any]) -> bool:
+    async def try_insert(self, collection: AsyncCollection, doc: Update) -> bool:
         """Insert `doc`; False if its _id exists."""
         try:
             await self.run(
@@ -245,8 +283,8 @@ class Store:
         return True
 
     async def find_one_and_update(
-        self, collection: AsyncCollection, filter_: Mapping[str, Any], update: Mapping[str, Any]
-    ) -> Any:
+        self, collection: AsyncCollection, filter_: Update, update: Update
+    ) -> Document | None:
         return await self.run(
             f"update {collection.name}",
             lambda: collection.find_one_and_update(
@@ -254,40 +292,29 @@ class Store:
             ),
         )
 
-    async def update_one(
-        self, collection: AsyncCollection, filter_: Mapping[str, Any], update: Mapping[str, Any]
-    ) -> int:
+    async def update_one(self, collection: AsyncCollection, filter_: Update, update: Update) -> int:
+        """update_one; returns how many documents matched (0 or 1)."""
         result = await self.run(
             f"update {collection.name}", lambda: collection.update_one(filter_, update)
         )
-        return int(getattr(result, "matched_count", 0) or 0)
+        return _count(result, "matched_count")
 
-    async def delete_one(self, collection: AsyncCollection, filter_: Mapping[str, Any]) -> None:
-        await self.run(
-            f"release lease in {collection.name}", lambda: collection.delete_one(filter_)
-        )
+    async def delete_one(self, collection: AsyncCollection, filter_: Update) -> None:
+        await self.run(f"release in {collection.name}", lambda: collection.delete_one(filter_))
 
-    async def find_one(self, collection: AsyncCollection, filter_: Mapping[str, Any]) -> Any:
+    async def find_one(self, collection: AsyncCollection, filter_: Update) -> Document | None:
         return await self.run(f"read {collection.name}", lambda: collection.find_one(filter_))
 
     # -- ledger ---------------------------------------------------------------------
 
-    async def insert_row(self, row: Mapping[str, Any]) -> bool:
+    async def insert_row(self, ledger: AsyncCollection, row: Update) -> bool:
         """Insert a ledger row with a chosen _id; False if it already exists."""
-        assert self.ledger is not None  # noqa: S101 - callers check
-        ledger = self.ledger
-        try:
-            await self.run("write ledger row", lambda: ledger.insert_one(dict(row)))
-        except DuplicateKey:
-            return False
-        return True
+        return await self.try_insert(ledger, row)
 
-    async def insert_rows(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def insert_rows(self, ledger: AsyncCollection, rows: Sequence[Update]) -> int:
         """Insert ledger rows with chosen ids in one call; rows already there are skipped."""
-        assert self.ledger is not None  # noqa: S101 - callers check
         if not rows:
             return 0
-        ledger = self.ledger
 
         async def insert() -> int:
             try:
@@ -297,53 +324,15 @@ class Store:
                 if any(e.get("code") != 11000 for e in errors):
                     raise
                 return int(exc.details.get("nInserted", len(rows) - len(errors)))
-            return len(result.inserted_ids)
+            return len(getattr(result, "inserted_ids", rows))
 
         return await self.run("write ledger rows", insert)
 
 
-async def _aiter(cursor: Any) -> AsyncIterator[Any]:
-    if hasattr(cursor, "__aiter__"):
+async def _aiter(cursor: object) -> AsyncIterable[Document]:
+    if isinstance(cursor, AsyncIterable):
         async for doc in cursor:
             yield doc
-    else:  # a synchronous iterator (some mocks)
+    elif isinstance(cursor, Iterable):  # a synchronous iterator (some mocks)
         for doc in cursor:
             yield doc
-
-
-class Connection:
-    """Collections opened from settings: a real server, or the embedded mock."""
-
-    def __init__(self, client: Any, database: Any, *, mock: bool) -> None:
-        self.client = client
-        self.database = database
-        self.mock = mock
-
-    def collection(self, name: str) -> Any:
-        return self.database[name]
-
-    async def close(self) -> None:
-        closed = self.client.close()
-        if inspect.isawaitable(closed):
-            await closed
-
-
-def connect(uri: str | None, database: str) -> Connection:
-    """Open `database` at `uri` with pymongo's async client (tz-aware), or the mock."""
-    if uri is None:
-        from mongomock_motor import AsyncMongoMockClient  # noqa: PLC0415 - only when asked for
-
-        from .testing import MockDatabase  # noqa: PLC0415 - the mock's bulk_write shim
-
-        client: Any = AsyncMongoMockClient(tz_aware=True)
-        return Connection(client, MockDatabase(client[database]), mock=True)
-    from pymongo import AsyncMongoClient  # noqa: PLC0415 - keeps import time low for mock users
-
-    try:
-        options: dict[str, Any] = {"tz_aware": True}
-        if "serverselectiontimeoutms" not in uri.lower():
-            options["serverSelectionTimeoutMS"] = 5000
-        client = AsyncMongoClient(uri, **options)
-    except (PyMongoError, ValueError) as exc:
-        raise StorageError(f"cannot use MONGODB_URI: {type(exc).__name__}") from exc
-    return Connection(client, client[database], mock=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
 
 class BalanceRefillError(Exception):
@@ -20,7 +19,16 @@ class InvalidAmount(BalanceRefillError, ValueError):
 
 
 class InvalidArgument(BalanceRefillError, ValueError):
-    """Any other bad argument (an empty actor, a naive datetime, ...)."""
+    """Any other bad argument to an operation (an empty actor, a bad limit, ...)."""
+
+
+class ConfigurationError(BalanceRefillError, ValueError):
+    """A refiller that cannot be built as asked: a policy of the wrong type, a clock that
+    returns naive datetimes, an unknown `user_ids` mode, no place for the sweep's lease."""
+
+
+class PolicyFileError(BalanceRefillError, ValueError):
+    """A policy file that cannot be read or does not describe a valid policy."""
 
 
 class UnknownTier(BalanceRefillError, KeyError):
@@ -31,14 +39,14 @@ class UnknownTier(BalanceRefillError, KeyError):
 
 
 class InsufficientCredits(BalanceRefillError):
-    """The balance does not cover the amount, and no refill is due."""
+    """The available balance does not cover the amount, and no refill is due."""
 
     def __init__(
         self,
         user_id: object,
         *,
-        balance: int | float,
-        amount: int | float,
+        balance: float,
+        amount: float,
         next_refill_at: datetime | None,
     ) -> None:
         self.user_id = user_id
@@ -66,7 +74,7 @@ class ContentionError(BalanceRefillError, RuntimeError):
 class DuplicateBalances(BalanceRefillError, RuntimeError):
     """Some users own more than one balance document (old LibreChat databases)."""
 
-    def __init__(self, duplicates: Mapping[Any, int]) -> None:
+    def __init__(self, duplicates: Mapping[object, int]) -> None:
         self.duplicates = dict(duplicates)
         shown = ", ".join(
             f"{user!r} ({n} documents)" for user, n in list(self.duplicates.items())[:20]

@@ -114,7 +114,7 @@ def zone(name: str) -> ZoneInfo:
         ) from exc
 
 
-def parse_interval(value: str | timedelta | Interval) -> Interval:
+def parse_interval(value: object) -> Interval:
     """Parse "90s", "15m", "12h", "30d", "2w", "1mo" or a timedelta."""
     if isinstance(value, Interval):
         return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -16,7 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from ._ids import MAX_SAFE_INT
+from ._validate import MAX_SAFE_INT
+from .errors import ConfigurationError
 from .periods import Calendar, CalendarUnit, Interval, Period, parse_interval, zone
 
 RefillMode = Literal["top_up", "add", "reset"]
@@ -24,7 +25,7 @@ RefillMode = Literal["top_up", "add", "reset"]
 Credits = Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INT)]
 
 
-def _to_interval(value: Any) -> Interval | None:
+def _to_interval(value: object) -> Interval | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -95,7 +96,7 @@ class RefillPolicy(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_threshold(cls, data: Any) -> Any:
+    def _default_threshold(cls, data: object) -> object:
         if isinstance(data, Mapping) and data.get("threshold") is None and "amount" in data:
             return {**data, "threshold": data["amount"]}
         return data
@@ -142,7 +143,7 @@ class RefillPolicy(BaseModel):
         assert self.calendar is not None  # noqa: S101 - guaranteed by validation
         return Calendar(self.calendar, self.timezone)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """The effective rules, as plain values (for `policy check` and logs)."""
         return {
             "amount": self.amount,
@@ -156,7 +157,7 @@ class RefillPolicy(BaseModel):
         }
 
     @classmethod
-    def from_librechat(cls, mapping: Mapping[str, Any]) -> RefillPolicy:
+    def from_librechat(cls, mapping: Mapping[str, object]) -> RefillPolicy:
         """Build a policy from the `balance:` section of `librechat.yaml`.
 
         Keeps LibreChat's semantics: `add` mode, and a refill only when the request
@@ -293,7 +294,7 @@ class TieredPolicy(BaseModel):
             return stored
         return self.default_tier
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {
             "default_tier": self.default_tier,
             "tiers": {name: p.describe() for name, p in self.tiers.items()},
@@ -304,10 +305,12 @@ class TieredPolicy(BaseModel):
 AnyPolicy = RefillPolicy | TieredPolicy
 
 
-def as_tiered(policy: AnyPolicy) -> TieredPolicy:
+def as_tiered(policy: object) -> TieredPolicy:
     """Every policy seen as tiers; a plain policy is the one-tier case."""
     if isinstance(policy, TieredPolicy):
         return policy
     if isinstance(policy, RefillPolicy):
         return TieredPolicy.single(policy)
-    raise TypeError(f"expected a RefillPolicy or TieredPolicy, got {type(policy).__name__}")
+    raise ConfigurationError(
+        f"expected a RefillPolicy or TieredPolicy, got {type(policy).__name__}"
+    )

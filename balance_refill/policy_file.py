@@ -19,18 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from .errors import BalanceRefillError
+from .errors import PolicyFileError
 from .policy import AnyPolicy, RefillPolicy, TieredPolicy
 
 MAX_FILE_BYTES = 1_000_000
 _LIBRECHAT_KEYS = {"version", "endpoints", "interface", "registration", "cache", "fileStrategy"}
-
-
-class PolicyFileError(BalanceRefillError, ValueError):
-    """A policy file that cannot be read or does not describe a valid policy."""
 
 
 def _summary(exc: ValidationError) -> str:
@@ -67,6 +62,12 @@ def load_policy_text(text: str, *, source: str = "policy") -> AnyPolicy:
     """Parse YAML text into a policy; any problem is a `PolicyFileError`."""
     if len(text) > MAX_FILE_BYTES:
         raise PolicyFileError(f"{source}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        import yaml  # noqa: PLC0415 - PyYAML comes with the [cli] extra, not the core
+    except ImportError:
+        raise PolicyFileError(
+            f"{source}: reading YAML needs PyYAML: pip install 'balance_refill[cli]'"
+        ) from None
     try:
         data: Any = yaml.safe_load(text)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:

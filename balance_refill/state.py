@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ._ids import Credits, UserId
+from ._validate import Credits, UserId
 
 
 @dataclass(frozen=True, slots=True)

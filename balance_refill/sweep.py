@@ -27,33 +27,27 @@ they show up.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
-from . import _docs as D
-from .decisions import auto_refill_on, period_elapsed, plan_refill
-from .errors import InvalidArgument, SweepLocked
-from .ledger import refill_row
+from . import _schema as S
+from ._engine import Change, Engine
+from ._lease import Lease
+from ._validate import Credits, check_limit
+from .decide import SKIP_REASONS, RefillPlan, plan_refill, skip_reason
+from .errors import InvalidArgument
 from .periods import due_cutoff, parse_interval
-
-if TYPE_CHECKING:
-    from .refiller import BalanceRefiller
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 """Called after every batch with (users scanned so far, candidates expected or None)."""
 
-SKIP_REASONS = ("inactive", "not_due", "paused", "above_threshold", "raced")
 LEASE_TTL = timedelta(minutes=5)
 
 
@@ -63,7 +57,7 @@ class SweepReport:
 
     scanned: int
     refilled: int
-    granted: int
+    granted: Credits
     skipped: Mapping[str, int]
     errors: int
     tiers: Mapping[str, int]
@@ -77,7 +71,7 @@ class SweepReport:
     def ok(self) -> bool:
         return self.errors == 0
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "scanned": self.scanned,
             "refilled": self.refilled,
@@ -97,62 +91,16 @@ class SweepReport:
 class _Tally:
     scanned: int = 0
     refilled: int = 0
-    granted: int = 0
+    granted: Credits = 0
     errors: int = 0
     batches: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     tiers: Counter[str] = field(default_factory=Counter)
 
-
-class _Lease:
-    """A lease document: insert to take, take over only once expired, renew, release."""
-
-    def __init__(
-        self, refiller: BalanceRefiller, collection: Any, name: str, ttl: timedelta
-    ) -> None:
-        self.store = refiller._store
-        self.clock = refiller.now
-        self.collection = collection
-        self.id = name
-        self.ttl = ttl
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-    async def acquire(self) -> None:
-        now = self.clock()
-        doc = {
-            "_id": self.id,
-            "holder": self.holder,
-            "acquiredAt": now,
-            "expiresAt": now + self.ttl,
-        }
-        if await self.store.try_insert(self.collection, doc):
-            return
-        # Take over an expired lease, or find our own insert whose reply was lost.
-        taken = await self.store.find_one_and_update(
-            self.collection,
-            {"_id": self.id, "$or": [{"expiresAt": {"$lte": now}}, {"holder": self.holder}]},
-            {"$set": {"holder": self.holder, "acquiredAt": now, "expiresAt": now + self.ttl}},
-        )
-        if taken is not None:
-            return
-        current = await self.store.find_one(self.collection, {"_id": self.id}) or {}
-        expires = current.get("expiresAt")
-        raise SweepLocked(
-            str(current.get("holder", "another sweep")),
-            expires if isinstance(expires, datetime) else now,
-        )
-
-    async def renew(self) -> None:
-        now = self.clock()
-        if not await self.store.update_one(
-            self.collection,
-            {"_id": self.id, "holder": self.holder},
-            {"$set": {"expiresAt": now + self.ttl}},
-        ):
-            raise SweepLocked("another sweep (ours expired and was taken over)", now)
-
-    async def release(self) -> None:
-        await self.store.delete_one(self.collection, {"_id": self.id, "holder": self.holder})
+    def refill(self, plan: RefillPlan) -> None:
+        self.refilled += 1
+        self.granted += plan.granted
+        self.tiers[plan.tier] += 1
 
 
 class Sweep:
@@ -160,7 +108,7 @@ class Sweep:
 
     def __init__(
         self,
-        refiller: BalanceRefiller,
+        engine: Engine,
         *,
         active_within: timedelta | str | None,
         batch_size: int,
@@ -169,16 +117,9 @@ class Sweep:
         progress: Progress | None,
         lease_ttl: timedelta,
     ) -> None:
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or not 1 <= batch_size <= 10_000
-        ):
-            raise InvalidArgument(f"batch_size must be an int from 1 to 10000, got {batch_size!r}")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-        ):
-            raise InvalidArgument(f"limit must be a positive int or None, got {limit!r}")
+        self.batch_size = check_limit(batch_size, what="batch_size", low=1, high=10_000)
+        if limit is not None:
+            limit = check_limit(limit, what="limit", low=1, high=2**62)
         self.window: timedelta | None = None
         if active_within is not None:
             try:
@@ -190,10 +131,9 @@ class Sweep:
                     "active_within must be a fixed duration such as '30d', not months"
                 )
             self.window = interval.delta
-        self.refiller = refiller
-        self.store = refiller._store
-        self.tiers = refiller.tiers
-        self.batch_size = batch_size
+        self.engine = engine
+        self.store = engine.store
+        self.tiers = engine.tiers
         self.dry_run = dry_run
         self.limit = limit
         self.progress = progress
@@ -201,78 +141,57 @@ class Sweep:
 
     # -- the queries ------------------------------------------------------------------
 
-    def _time_due(self, now: datetime) -> dict[str, Any]:
+    def _time_due(self, now: datetime) -> S.Update:
         """lastRefill old enough to be due in at least one tier, or missing."""
-        cutoff = max(due_cutoff(p.period, now) for p in self.tiers.tiers.values())
-        # One index range, [MinKey, cutoff], in (lastRefill, _id) order: it also
-        # matches a missing or null lastRefill.
-        return {D.LAST_REFILL: {"$not": {"$gt": cutoff}}}
+        return S.due_by(max(due_cutoff(p.period, now) for p in self.tiers.tiers.values()))
 
-    def _active(self, now: datetime) -> dict[str, Any] | None:
-        if self.window is None:
-            return None
-        since = now - self.window
-        return {"$or": [{D.LAST_SEEN: {"$gte": since}}, {D.LAST_REFILL: {"$gte": since}}]}
+    def _top(self) -> int:
+        return max(p.effective_threshold for p in self.tiers.tiers.values())
 
-    def _inactive(self, now: datetime) -> dict[str, Any]:
-        since = now - self.window if self.window is not None else now
-        return {
-            "$and": [
-                {"$or": [{D.LAST_SEEN: {"$lt": since}}, {D.LAST_SEEN: None}]},
-                {"$or": [{D.LAST_REFILL: {"$lt": since}}, {D.LAST_REFILL: None}]},
-            ]
-        }
-
-    def _below(self) -> dict[str, Any]:
-        """Possibly below the highest threshold: under it, missing, or holding credits
-        reserved by LibreChat (whose available balance is decided in Python)."""
-        top = max(p.effective_threshold for p in self.tiers.tiers.values())
-        return {"$or": [{D.CREDITS: {"$lt": top}}, {D.CREDITS: None}, {D.RESERVED: {"$gt": 0}}]}
-
-    def candidates(self, now: datetime) -> dict[str, Any]:
+    def candidates(self, now: datetime) -> S.Update:
         """Users that may be due: the one query whose results are read."""
-        clauses = [self._time_due(now), {D.PAUSED: {"$ne": True}}, self._below()]
-        active = self._active(now)
-        if active is not None:
-            clauses.append(active)
+        clauses = [self._time_due(now), S.NOT_PAUSED, S.maybe_below(self._top())]
+        if self.window is not None:
+            clauses.append(S.seen_since(now - self.window))
         return {"$and": clauses}
 
     async def _count_skips(self, now: datetime, tally: _Tally) -> None:
         """Count, on the server, the time-due users the candidate query leaves out."""
         base = self._time_due(now)
-        tally.skipped["paused"] += await self.store.count(
-            self.store.balances, {"$and": [base, {D.PAUSED: True}]}
-        )
-        rest = [base, {D.PAUSED: {"$ne": True}}]
-        active = self._active(now)
-        if active is not None:
-            tally.skipped["inactive"] += await self.store.count(
-                self.store.balances, {"$and": [*rest, self._inactive(now)]}
+        count = self.store.count
+        balances = self.store.balances
+        tally.skipped["paused"] += await count(balances, {"$and": [base, S.IS_PAUSED]})
+        rest = [base, S.NOT_PAUSED]
+        if self.window is not None:
+            since = now - self.window
+            tally.skipped["inactive"] += await count(
+                balances, {"$and": [*rest, S.unseen_since(since)]}
             )
-            rest.append(active)
-        top = max(p.effective_threshold for p in self.tiers.tiers.values())
-        tally.skipped["above_threshold"] += await self.store.count(
-            self.store.balances,
-            {"$and": [*rest, {D.CREDITS: {"$gte": top}}, {D.RESERVED: {"$not": {"$gt": 0}}}]},
+            rest.append(S.seen_since(since))
+        tally.skipped["above_threshold"] += await count(
+            balances, {"$and": [*rest, S.surely_above(self._top())]}
         )
 
     # -- the run ----------------------------------------------------------------------
 
     async def run(self) -> SweepReport:
-        now = self.refiller.now()
+        now = self.engine.now()
         started = time.monotonic()
         tally = _Tally()
         settled = 0
-        lease: _Lease | None = None
+        lease: Lease | None = None
         if not self.dry_run:
-            collection = self.refiller.leases_collection()
-            lease = _Lease(
-                self.refiller, collection, f"sweep:{self.store.balances.name}", self.lease_ttl
+            lease = Lease(
+                self.store,
+                self.engine.leases(),
+                f"sweep:{self.store.balances.name}",
+                self.lease_ttl,
+                self.engine.now,
             )
             await lease.acquire()
         try:
             if not self.dry_run:
-                settled = await self.refiller.flush_pending(batch_size=self.batch_size)
+                settled = await self.engine.flush_pending(self.batch_size)
             await self._count_skips(now, tally)
             total = await self.store.count(self.store.balances, self.candidates(now))
             if self.limit is not None:
@@ -295,30 +214,28 @@ class Sweep:
             batches=tally.batches,
         )
 
-    async def _batches(
-        self, now: datetime, tally: _Tally, total: int, lease: _Lease | None
-    ) -> None:
+    async def _batches(self, now: datetime, tally: _Tally, total: int, lease: Lease | None) -> None:
         query = self.candidates(now)
-        after: tuple[Any, Any] | None = None  # keyset position (lastRefill, _id)
+        after: tuple[object, object] | None = None  # keyset position (lastRefill, _id)
         while self.limit is None or tally.scanned < self.limit:
             size = (
                 self.batch_size
                 if self.limit is None
                 else min(self.batch_size, self.limit - tally.scanned)
             )
-            page = query if after is None else {"$and": [query, _after(*after)]}
+            page = query if after is None else {"$and": [query, S.after_key(*after)]}
             docs = await self.store.iterate(
                 self.store.balances,
                 page,
-                sort=[(D.LAST_REFILL, 1), ("_id", 1)],
+                sort=S.SWEEP_ORDER,
                 limit=size,
-                projection={D.RECENT: 0},
+                projection=S.SWEEP_PROJECTION,
             )
             if not docs:
                 return
             last = docs[-1]
-            after = (last.get(D.LAST_REFILL), last["_id"])
-            await self._process(docs, now, tally)
+            after = (last.get(S.LAST_REFILL), last["_id"])
+            await self._process([S.parse(d) for d in docs], now, tally)
             tally.batches += 1
             if lease is not None:
                 await lease.renew()
@@ -328,87 +245,32 @@ class Sweep:
             if len(docs) < size:
                 return
 
-    async def _process(self, raw_docs: list[Any], now: datetime, tally: _Tally) -> None:
-        ops: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        planned: list[tuple[D.BalanceDoc, Any, ObjectId, dict[str, Any]]] = []
-        for raw in raw_docs:
+    async def _process(self, records: list[S.Record], now: datetime, tally: _Tally) -> None:
+        engine = self.engine
+        planned: list[tuple[S.Record, Change, ObjectId]] = []
+        plans: dict[ObjectId, RefillPlan] = {}
+        for record in records:
             tally.scanned += 1
-            doc = D.parse(raw)
-            if doc.pending is not None:  # a lazy refill is finishing its row right now
+            if record.pending is not None:  # a lazy refill is finishing its row right now
                 tally.skipped["raced"] += 1
                 continue
-            plan = plan_refill(self.tiers, doc, now)
+            plan = plan_refill(self.tiers, record.state, now)
             if plan is None:
-                tally.skipped[self._reason(doc, now)] += 1
+                tally.skipped[skip_reason(self.tiers, record.state, now)] += 1
                 continue
             op_id = ObjectId()
-            row = refill_row(op_id, doc.user, now, plan)
-            row["trigger"] = "sweep"
-            update = self.refiller._refill_update(plan, now, op_id, charge=0)
-            if self.refiller.has_ledger:
-                update["$set"][D.PENDING] = row
-            ops.append((self.refiller._cas_filter(doc), update))
-            planned.append((doc, plan, op_id, row))
-        if self.dry_run or not ops:
-            for _, plan, _, _ in planned:
-                self._count_refill(tally, plan)
+            row = engine.refill_row(op_id, record, now, plan, trigger="sweep")
+            update = S.refill_update(plan, now, charge=0, mirrored=engine.mirrored(plan.tier))
+            planned.append(
+                (record, Change(update, row, granted=plan.granted, refilled=True), op_id)
+            )
+            plans[op_id] = plan
+        if self.dry_run or not planned:
+            for plan in plans.values():
+                tally.refill(plan)
             return
-        matched, failed = await self.store.bulk_update("sweep refills", ops)
+        applied, failed = await engine.commit_many("sweep refills", planned)
         tally.errors += failed
-        applied = planned
-        if matched < len(ops):  # some documents changed since they were read: find which
-            ids = await self.store.iterate(
-                self.store.balances,
-                {
-                    "_id": {"$in": [doc.id for doc, *_ in planned]},
-                    D.OP_ID: {"$in": [p[2] for p in planned]},
-                },
-                projection={"_id": 1},
-            )
-            landed = {d["_id"] for d in ids}
-            applied = [p for p in planned if p[0].id in landed]
-            tally.skipped["raced"] += len(planned) - len(applied) - failed
-        for _, plan, _, _ in applied:
-            self._count_refill(tally, plan)
-        if self.refiller.has_ledger and applied:
-            await self.store.insert_rows([row for *_, row in applied])
-            await self.store.update_many(
-                "clear sweep markers",
-                {
-                    "$or": [
-                        D.clear_pending_filter(doc.id, doc.user, op_id)
-                        for doc, _, op_id, _ in applied
-                    ]
-                },
-                D.CLEAR_PENDING,
-            )
-
-    @staticmethod
-    def _count_refill(tally: _Tally, plan: Any) -> None:
-        tally.refilled += 1
-        tally.granted += plan.granted
-        tally.tiers[plan.tier] += 1
-
-    def _reason(self, doc: D.BalanceDoc, now: datetime) -> str:
-        if doc.pending_refill:
-            return "raced"  # LibreChat's own refill is settling
-        if not auto_refill_on(self.tiers, doc):
-            return "paused"
-        if not period_elapsed(self.tiers, doc, now):
-            return "not_due"
-        return "above_threshold"
-
-
-def _after(last_refill: Any, doc_id: Any) -> dict[str, Any]:
-    """Keyset condition: strictly after (last_refill, _id) in (lastRefill, _id) order,
-    where a missing lastRefill sorts first."""
-    if last_refill is None:
-        return {
-            "$or": [{D.LAST_REFILL: None, "_id": {"$gt": doc_id}}, {D.LAST_REFILL: {"$ne": None}}]
-        }
-    return {
-        "$or": [
-            {D.LAST_REFILL: {"$gt": last_refill}},
-            {D.LAST_REFILL: last_refill, "_id": {"$gt": doc_id}},
-        ]
-    }
+        tally.skipped["raced"] += len(planned) - len(applied) - failed
+        for _, _, op_id in applied:
+            tally.refill(plans[op_id])

@@ -1,5 +1,7 @@
 """Test helpers shipped with the library: a fake clock and a recording collection.
 
+Never imported by the library itself; host apps use them in their own tests.
+
 `RecordingCollection` wraps any async collection. It counts every database call (the
 call budgets are checked with it), records each call's arguments (for the query lint),
 can yield to the event loop before each call (the mock never interleaves calls on its
@@ -215,64 +217,3 @@ class RecordingCollection(_Wrapper):
             (pipeline, *args),
             kwargs,
         )
-
-
-class BulkWriteShim(_Wrapper):
-    """Runs `bulk_write` of `UpdateOne`/`InsertOne` requests one request at a time.
-
-    mongomock-motor's `bulk_write` with `UpdateOne` fails under pymongo >= 4.11
-    (`unexpected keyword argument 'sort'`). This wrapper, used only in front of the mock
-    (tests, the demo, the CLI without `MONGODB_URI`), gives it a server's semantics:
-    unordered requests each applied atomically, errors collected into a
-    `BulkWriteError`. With `yield_between=True` other tasks may run between requests,
-    as they may on a server.
-    """
-
-    def __init__(self, inner: Any, *, yield_between: bool = False) -> None:
-        super().__init__(inner)
-        self.yield_between = yield_between
-
-    async def bulk_write(self, requests: Any, ordered: bool = True, **kwargs: Any) -> Any:
-        from pymongo import InsertOne, UpdateOne  # noqa: PLC0415 - test double only
-        from pymongo.errors import BulkWriteError, DuplicateKeyError  # noqa: PLC0415
-        from pymongo.results import BulkWriteResult  # noqa: PLC0415
-
-        counts = {"nInserted": 0, "nMatched": 0, "nModified": 0, "nUpserted": 0, "nRemoved": 0}
-        errors: list[dict[str, Any]] = []
-        for index, request in enumerate(requests):
-            if self.yield_between:
-                await asyncio.sleep(0)
-            try:
-                if isinstance(request, UpdateOne):
-                    result = await self._inner.update_one(
-                        request._filter, request._doc, upsert=bool(request._upsert)
-                    )
-                    counts["nMatched"] += result.matched_count
-                    counts["nModified"] += result.modified_count
-                    counts["nUpserted"] += 1 if result.upserted_id is not None else 0
-                elif isinstance(request, InsertOne):
-                    await self._inner.insert_one(request._doc)
-                    counts["nInserted"] += 1
-                else:
-                    raise TypeError(f"BulkWriteShim does not run {type(request).__name__}")
-            except DuplicateKeyError as exc:
-                errors.append({"index": index, "code": 11000, "errmsg": str(exc)})
-                if ordered:
-                    break
-        details = {**counts, "writeErrors": errors, "writeConcernErrors": [], "upserted": []}
-        if errors:
-            raise BulkWriteError(details)
-        return BulkWriteResult(details, True)
-
-
-class MockDatabase:
-    """A mock database whose collections are wrapped in `BulkWriteShim`."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getitem__(self, name: str) -> BulkWriteShim:
-        return BulkWriteShim(self._inner[name])
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._inner, attr)

@@ -104,6 +104,16 @@ def make_racing(db: Any, clock: FakeClock) -> Callable[..., BalanceRefiller]:
     return make
 
 
+@pytest.fixture
+def cli_connection(db: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What the CLI tests hand to `main()`: the test's mock database, as a
+    `balance_refill.cli.Connection` (the CLI leaves it open)."""
+    from balance_refill.cli import Connection
+
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    return Connection(client=None, database=db, mock=True)
+
+
 def server_uri() -> str | None:
     return os.environ.get("MONGODB_URI") or None
 

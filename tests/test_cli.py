@@ -6,14 +6,15 @@ import asyncio
 import gc
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bson import ObjectId
 
-from balance_refill._store import Connection
-from balance_refill.cli import main
+from balance_refill.cli import EXTRA_HINT, Connection, main
 
 TWO_TIERS = """\
 default_tier: regular
@@ -314,12 +315,8 @@ def test_sweep_failed_users_exit_nonzero(
             }
         )
 
-    from pymongo.asynchronous.collection import AsyncCollection
-
-    from balance_refill.testing import BulkWriteShim
-
-    monkeypatch.setattr(BulkWriteShim, "bulk_write", failing_bulk)  # the mock's
-    monkeypatch.setattr(AsyncCollection, "bulk_write", failing_bulk)  # a server's
+    # The class of the test database's collections: the mock's, or pymongo's on a server.
+    monkeypatch.setattr(type(db["balances"]), "bulk_write", failing_bulk)
     code, out, _ = run("sweep", "--json")
     assert code == 1
     assert json.loads(out)["errors"] == 3
@@ -329,3 +326,37 @@ def test_bad_sweep_arguments(run: Run) -> None:
     code, _, err = run("sweep", "--active-within", "whenever")
     assert code == 2
     assert "whenever" in err
+
+
+@pytest.mark.parametrize("module", ["rich", "yaml", "pydantic_settings", "mongomock_motor"])
+def test_without_the_cli_extra_main_prints_one_line(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a module of the `cli` extra, `main` prints one line naming the extra, exit 2."""
+    monkeypatch.setitem(sys.modules, module, None)  # what `import module` sees when absent
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["demo"], stdout=out, stderr=err) == 2
+    assert err.getvalue() == EXTRA_HINT + "\n"
+    assert "pip install 'balance_refill[cli]'" in EXTRA_HINT
+    assert out.getvalue() == ""
+
+
+def test_python_m_without_the_cli_extra() -> None:
+    """`python -m balance_refill demo` on a core install: the hint, exit 2, no traceback."""
+    hide = "; ".join(
+        f"sys.modules[{name!r}] = None"
+        for name in ("rich", "yaml", "pydantic_settings", "mongomock_motor")
+    )
+    code = (
+        f"import runpy, sys; {hide}; sys.argv = ['balance_refill', 'demo']; "
+        "runpy.run_module('balance_refill', run_name='__main__', alter_sys=True)"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", EXTRA_HINT + "\n")

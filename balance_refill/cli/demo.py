@@ -1,4 +1,4 @@
-"""The main demo: a few chat users over 90 simulated days, on the embedded mock by default."""
+"""The demo: a few chat users over 90 simulated days, on the embedded mock by default."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from .errors import InsufficientCredits
-from .policy import RefillPolicy
-from .refiller import BalanceRefiller
-from .testing import FakeClock
+from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
+
+from ._connect import Collection
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +41,22 @@ class DemoSummary:
     ledger_rows: int
 
 
+class _SimulatedTime:
+    """The simulation's clock: the refiller reads it, the simulation moves it."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, minutes: int) -> None:
+        self.now += timedelta(minutes=minutes)
+
+
 class _Simulation:
-    def __init__(
-        self, refiller: BalanceRefiller, balances: Any, clock: FakeClock, seed: int
-    ) -> None:
+    def __init__(self, refiller: BalanceRefiller, clock: _SimulatedTime, seed: int) -> None:
         self.refiller = refiller
-        self.balances = balances
         self.clock = clock
         self.rng = random.Random(seed)  # noqa: S311 - simulation, not security
         self.messages = self.refused = self.refills = 0
@@ -64,7 +72,7 @@ class _Simulation:
 
     async def day(self, p: Persona, day: int, day_start: datetime, notes: list[str]) -> None:
         """One active day of one persona: a login, then their messages."""
-        self.clock.set(day_start + timedelta(minutes=self.rng.randint(0, 600)))
+        self.clock.now = day_start + timedelta(minutes=self.rng.randint(0, 600))
         state = await self.refiller.ensure_balance(p.name)  # the login hook
         if day == p.first_day:
             notes.append(f"{p.name} signs up with {state.balance}")
@@ -96,16 +104,16 @@ class _Simulation:
 
 
 async def run_demo(
-    balances: Any,
-    ledger: Any,
+    balances: Collection,
+    ledger: Collection,
     *,
     days: int = 90,
     seed: int = 7,
     out: Callable[[str], None] = print,
 ) -> DemoSummary:
-    """Simulate PERSONAS for `days` days with a fake clock and print a timeline."""
+    """Simulate PERSONAS for `days` days with a simulated clock and print a timeline."""
     start = datetime(2026, 1, 1, 8, tzinfo=UTC)
-    clock = FakeClock(start)
+    clock = _SimulatedTime(start)
     refiller = BalanceRefiller(balances, DEMO_POLICY, ledger=ledger, clock=clock)
     await refiller.ensure_indexes()
     out(
@@ -113,7 +121,7 @@ async def run_demo(
         f"new users start with {DEMO_POLICY.start_balance}"
     )
     out("dan's refills are paused (by an admin, with set_auto_refill); eve signs up on day 45\n")
-    sim = _Simulation(refiller, balances, clock, seed)
+    sim = _Simulation(refiller, clock, seed)
     for day in range(days):
         day_start = start + timedelta(days=day)
         notes: list[str] = []
@@ -124,7 +132,7 @@ async def run_demo(
             out(f"day {day:>2}  {day_start:%a %b %d}  {note}")
     out("")
     out(f"{'user':<6}{'balance':>9}  next refill")
-    clock.set(start + timedelta(days=days))
+    clock.now = start + timedelta(days=days)
     for p in PERSONAS:
         state = await refiller.ensure_balance(p.name)
         nxt = f"{state.next_refill_at:%b %d %H:%M}" if state.next_refill_at else "paused"

@@ -1,4 +1,4 @@
-"""Runtime settings from the environment (and CLI flags), via pydantic-settings."""
+"""The CLI's runtime settings, from the environment (and flags) via pydantic-settings."""
 
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
-"""Validation of user ids and amounts: nothing unchecked reaches a query."""
+"""Validation of user ids, amounts, texts and limits: nothing unchecked reaches a query."""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from bson import ObjectId
 
-from .errors import InvalidAmount, InvalidArgument, InvalidUserId
+from .errors import ConfigurationError, InvalidAmount, InvalidArgument, InvalidUserId
 
 UserId = str | int | ObjectId
 """The accepted user id types."""
@@ -81,7 +81,7 @@ def check_user_id_mode(mode: object) -> UserIdMode:
     for known in USER_ID_MODES:
         if mode == known and isinstance(mode, str):
             return known
-    raise InvalidArgument(f"user_ids must be 'auto', 'objectid' or 'str', got {describe(mode)}")
+    raise ConfigurationError(f"user_ids must be 'auto', 'objectid' or 'str', got {describe(mode)}")
 
 
 def check_amount(
@@ -113,7 +113,20 @@ def check_text(value: object, *, what: str, max_length: int = 500) -> str:
     return value
 
 
-def describe(value: Any) -> str:
+def describe(value: object) -> str:
     """A short, safe rendering of a value for messages."""
     shown = repr(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def check_limit(value: object, *, what: str, low: int, high: int) -> int:
+    """Return `value` if it is an int (not bool) from `low` to `high`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"{what} must be an int from {low} to {high}, got {describe(value)}")
+    return value
+
+
+def check_flag(value: object, *, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be True or False, got {describe(value)}")
+    return value

@@ -1,0 +1,339 @@
+"""The one commit loop, and what every operation shares.
+
+Every change the library makes to a balance (a lazy refill, a spend that needs a refill,
+each admin operation, the sweep per user or in bulk) goes through `Engine.commit` or
+`Engine.commit_many`:
+
+    read -> decide -> compare-and-swap -> lost-reply check -> pending ledger row
+
+The compare-and-swap matches the document only as it was read, so racing writers cannot
+both apply a decision. The ledger row rides in the same atomic update as a pending
+marker (`pendingLedger`) with a pre-chosen `_id`, is then inserted and the marker
+cleared (`settle`); if anything fails in between, the next read of that user, or
+`flush_pending`, settles it, and a duplicate row is impossible because the `_id` is
+fixed. Each write also stores its op id, so a caller whose reply was lost recognises
+its own write on the next read instead of applying it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from bson import ObjectId
+
+from . import _schema as S
+from ._ledger import AUTO_REFILL, row
+from ._store import AsyncCollection, DuplicateKey, Store
+from ._validate import Credits, UserId, UserIdMode, check_user_id_mode, stored_user_id
+from .decide import RefillPlan, assigned_tier, next_refill
+from .errors import ConfigurationError, ContentionError, InsufficientCredits, UserNotFound
+from .periods import as_utc
+from .policy import AnyPolicy, TieredPolicy, as_tiered
+from .state import BalanceState
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+DEFAULT_LEASES = "balance_refill_leases"
+
+
+def utc_now() -> datetime:
+    """The default clock."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a decision writes: the update, its ledger row (whose `_id` is the op id),
+    and what to report."""
+
+    update: S.Update
+    row: S.Update | None = None
+    granted: Credits = 0
+    refilled: bool = False
+    charged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The record after the loop, and the change that landed (None: nothing written)."""
+
+    record: S.Record
+    change: Change | None
+
+
+Decide = Callable[[S.Record, ObjectId], Change | None]
+"""Given the record as read and the op id to use, the change to make, or None."""
+
+
+class Engine:
+    """The store, the policy as tiers, the clock and the id rule, shared by the hot path,
+    the admin operations and the sweep; and the commit loop they all use."""
+
+    def __init__(
+        self,
+        balances: AsyncCollection,
+        policy: AnyPolicy,
+        *,
+        ledger: AsyncCollection | None,
+        leases: AsyncCollection | None,
+        clock: Clock | None,
+        max_attempts: int,
+        retry_attempts: int,
+        retry_delay: float,
+        user_ids: UserIdMode,
+    ) -> None:
+        self.tiers: TieredPolicy = as_tiered(policy)
+        self.store = Store(balances, ledger, attempts=retry_attempts, retry_delay=retry_delay)
+        self.ledger = ledger
+        self._leases = leases
+        self._clock: Clock = clock or utc_now
+        self.max_attempts = max(1, max_attempts)
+        self.user_ids: UserIdMode = check_user_id_mode(user_ids)
+        self._mirrored: dict[str, dict[str, object]] = {}
+        for name, tier_policy in self.tiers.tiers.items():
+            value, unit = tier_policy.period.librechat_fields()
+            self._mirrored[name] = {
+                S.REFILL_AMOUNT: tier_policy.amount,
+                S.INTERVAL_VALUE: value,
+                S.INTERVAL_UNIT: unit,
+            }
+
+    # -- shared helpers -------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Read the clock once: aware UTC, millisecond precision (what MongoDB stores)."""
+        value = self._clock()
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ConfigurationError(f"the clock must return an aware datetime, got {value!r}")
+        return as_utc(value)
+
+    def user(self, user_id: object) -> UserId:
+        """The user id as stored (validated; a 24-hex string becomes an ObjectId)."""
+        return stored_user_id(user_id, self.user_ids)
+
+    def mirrored(self, tier: str) -> Mapping[str, object]:
+        """LibreChat's per-user refill fields for `tier` (mirrored for its UI, not obeyed)."""
+        return self._mirrored[tier]
+
+    def leases(self) -> AsyncCollection:
+        """Where the sweep keeps its lease: the `leases` collection given, else
+        `balance_refill_leases` in the balances collection's database."""
+        if self._leases is not None:
+            return self._leases
+        database = getattr(self.store.balances, "database", None)
+        if database is None:
+            raise ConfigurationError(
+                "the sweep needs a leases collection: pass leases=... to BalanceRefiller"
+            )
+        leases: AsyncCollection = database[DEFAULT_LEASES]
+        return leases
+
+    def state(self, record: S.Record, now: datetime, change: Change | None = None) -> BalanceState:
+        s = record.state
+        return BalanceState(
+            user_id=record.user,
+            balance=s.balance,
+            refilled=change is not None and change.refilled,
+            granted=0 if change is None else change.granted,
+            last_refill=s.last_refill,
+            next_refill_at=next_refill(self.tiers, s, now),
+            tier=assigned_tier(self.tiers, s),
+            auto_refill=not s.paused,
+            pinned=s.pinned,
+            spent_since_refill=s.spent,
+            last_seen=record.last_seen,
+        )
+
+    def refill_row(
+        self,
+        op_id: ObjectId,
+        record: S.Record,
+        now: datetime,
+        plan: RefillPlan,
+        *,
+        context: str = AUTO_REFILL,
+        **extra: object,
+    ) -> S.Update:
+        """The ledger row of a refill (an automatic one unless `context` says otherwise)."""
+        return row(
+            op_id,
+            record.user,
+            now,
+            context=context,
+            before=plan.before,
+            after=plan.after,
+            mode=plan.policy.mode,
+            tier=plan.tier,
+            previousTier=plan.previous_tier,
+            **extra,
+        )
+
+    def refused(self, record: S.Record, amount: Credits, now: datetime) -> InsufficientCredits:
+        """The error for a spend the available balance does not cover."""
+        return InsufficientCredits(
+            record.user,
+            balance=record.state.available,
+            amount=amount,
+            next_refill_at=next_refill(self.tiers, record.state, now),
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read_or_create(self, user: UserId, now: datetime) -> S.Record:
+        """One call: the user's oldest document, created first if the user is new.
+
+        The call returns the document as it was before (None when it created it) and the
+        document after is derived here, so a LibreChat refill switch found on is logged."""
+        default = self.tiers.tiers[self.tiers.default_tier]
+        insert = S.first_seen_insert(
+            user,
+            now,
+            start_balance=default.start_balance,
+            mirrored=self.mirrored(self.tiers.default_tier),
+        )
+        update = S.first_seen_update(insert, now)
+        for _ in range(3):
+            try:
+                before = await self.store.upsert_before(S.by_user(user), update)
+            except DuplicateKey:
+                # Two first requests raced: the other one created the document.
+                log.debug("first-seen race for %r; reading again", user)
+                continue
+            if before is not None and before.get(S.AUTO) is True:
+                switched_off(user)
+            return await self.settled(S.parse(S.after_first_seen(before, insert, user, now)))
+        raise ContentionError(f"could not read or create the balance of user {user!r}")
+
+    async def find(self, user: UserId) -> S.Record:
+        """The user's document, read only (`UserNotFound` if there is none)."""
+        raw = await self.store.find_balance(S.by_user(user))
+        if raw is None:
+            raise UserNotFound(f"user {user!r} has no balance document")
+        return S.parse(raw)
+
+    async def settled(self, record: S.Record) -> S.Record:
+        """`record` with its pending ledger row written and the marker cleared."""
+        if record.pending is None or self.ledger is None:
+            return record
+        await self.settle([(record.id, record.user, dict(record.pending))])
+        return replace(record, pending=None)
+
+    # -- the commit loop ------------------------------------------------------------------
+
+    async def commit(
+        self, what: str, read: Callable[[], Awaitable[S.Record]], decide: Decide
+    ) -> Committed:
+        """read -> decide -> compare-and-swap, retried on lost races; see the module doc."""
+        mine: tuple[ObjectId, Change] | None = None
+        for _ in range(self.max_attempts):
+            record = await read()
+            if mine is not None and record.op_id == mine[0]:
+                return Committed(record, mine[1])  # ours landed; its reply was lost
+            op_id = ObjectId()
+            change = decide(record, op_id)
+            if change is None:
+                return Committed(record, None)
+            after = await self._swap(what, record, change, op_id)
+            if after is not None:
+                return Committed(after, change)
+            mine = (op_id, change)
+        raise ContentionError(f"{what} lost {self.max_attempts} races in a row")
+
+    def _marked(self, record: S.Record, change: Change, op_id: ObjectId) -> S.Update:
+        if record.librechat_auto:
+            switched_off(record.user)
+        return S.with_marker(change.update, op_id, change.row if self.ledger else None)
+
+    async def _swap(
+        self, what: str, record: S.Record, change: Change, op_id: ObjectId
+    ) -> S.Record | None:
+        raw = await self.store.modify(
+            what,
+            S.cas_filter(record, with_pending=self.ledger is not None),
+            self._marked(record, change, op_id),
+        )
+        return None if raw is None else await self.settled(S.parse(raw))
+
+    async def commit_many(
+        self, what: str, planned: Sequence[tuple[S.Record, Change, ObjectId]]
+    ) -> tuple[list[tuple[S.Record, Change, ObjectId]], int]:
+        """The same compare-and-swap for many records in one bulk write, then their rows
+        in one insert and one marker clear. Returns the changes that landed and how many
+        the server refused; the rest lost a race and are left to their next read."""
+        ops = [
+            (S.cas_filter(rec, with_pending=self.ledger is not None), self._marked(rec, ch, op))
+            for rec, ch, op in planned
+        ]
+        matched, failed = await self.store.bulk_update(what, ops)
+        applied = list(planned)
+        if matched < len(ops):  # some documents changed since they were read: find which
+            landed = await self.store.iterate(
+                self.store.balances,
+                {
+                    "_id": {"$in": [rec.id for rec, *_ in planned]},
+                    S.OP_ID: {"$in": [p[2] for p in planned]},
+                },
+                projection={"_id": 1},
+            )
+            ids = {d["_id"] for d in landed}
+            applied = [p for p in planned if p[0].id in ids]
+        await self.settle([(rec.id, rec.user, ch.row) for rec, ch, _ in applied if ch.row])
+        return applied, failed
+
+    async def settle(self, pending: Sequence[tuple[object, object, S.Update]]) -> int:
+        """Insert pending ledger rows (rows already there are skipped) and clear their
+        markers: one row in two calls, any number in two calls."""
+        if not pending or self.ledger is None:
+            return 0
+        store = self.store
+        if len(pending) == 1:
+            doc_id, user, row = pending[0]
+            if not await store.insert_row(self.ledger, row):
+                log.info("ledger row %s already existed; clearing its marker", row["_id"])
+            await store.update_balance(
+                "clear pending ledger marker",
+                S.clear_pending_filter(doc_id, user, row["_id"]),
+                S.CLEAR_PENDING,
+            )
+            return 1
+        await store.insert_rows(self.ledger, [row for *_, row in pending])
+        await store.update_many(
+            "clear pending ledger markers",
+            {"$or": [S.clear_pending_filter(d, u, row["_id"]) for d, u, row in pending]},
+            S.CLEAR_PENDING,
+        )
+        return len(pending)
+
+    async def flush_pending(self, batch_size: int) -> int:
+        """Settle every pending ledger row, `batch_size` documents per read."""
+        if self.ledger is None:
+            return 0
+        settled = 0
+        while True:
+            docs = await self.store.iterate(
+                self.store.balances,
+                S.PENDING_ROWS,
+                sort=S.OLDEST_FIRST,
+                limit=batch_size,
+                projection={S.PENDING: 1, S.USER: 1},
+            )
+            pending = [
+                (d["_id"], d.get(S.USER), dict(d[S.PENDING]))
+                for d in docs
+                if isinstance(d.get(S.PENDING), Mapping)
+            ]
+            settled += await self.settle(pending)
+            if len(docs) < batch_size:
+                return settled
+
+
+def switched_off(user: object) -> None:
+    log.warning(
+        "user %r: LibreChat's autoRefillEnabled was true on a document this library manages; "
+        "switched it off (set balance.autoRefillEnabled: false in librechat.yaml)",
+        user,
+    )

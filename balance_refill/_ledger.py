@@ -1,0 +1,57 @@
+"""Ledger rows in LibreChat's transaction shape. The library only ever inserts rows.
+
+Every row has `tokenType: "credits"`, `rate: 1` and `tokenValue == rawAmount` (the
+credits the change added; negative when it took some away), as LibreChat's
+`transactionSchema` expects, plus `balanceBefore`, `balanceAfter` and
+`source: "balance_refill"`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ._schema import Update
+from ._validate import Credits, UserId
+
+AUTO_REFILL = "autoRefill"
+REFILL_RESET = "refillReset"  # an automatic `reset` that lowered the balance: LibreChat's
+# autoRefill rows only ever add, so a lowering gets a context of its own
+ADMIN = "admin"
+SET_BALANCE = "setBalance"
+SET_TIER = "setTier"
+SET_AUTO_REFILL = "setAutoRefill"
+REFILL_NOW = "refillNow"
+SOURCE = "balance_refill"
+
+
+def row(
+    row_id: object,
+    user: UserId,
+    now: datetime,
+    *,
+    context: str,
+    before: Credits,
+    after: Credits,
+    **extra: object,
+) -> Update:
+    """One row recording a change of `before` to `after` (extra fields with a None value
+    are left out)."""
+    amount = after - before
+    if context == AUTO_REFILL and amount < 0:
+        context = REFILL_RESET
+    shaped: Update = {
+        "_id": row_id,
+        "user": user,
+        "tokenType": "credits",
+        "context": context,
+        "rawAmount": amount,
+        "tokenValue": amount,
+        "rate": 1,
+        "createdAt": now,
+        "updatedAt": now,
+        "balanceBefore": before,
+        "balanceAfter": after,
+        "source": SOURCE,
+    }
+    shaped.update({key: value for key, value in extra.items() if value is not None})
+    return shaped

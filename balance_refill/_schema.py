@@ -1,0 +1,352 @@
+"""LibreChat's document layout, and every filter and update the library sends. Pure.
+
+A balance document is read into a `Record`: the storage-free `UserState` the decisions
+need, plus the raw values a compare-and-swap must find unchanged. Every value that comes
+from a caller is validated before it gets here or is wrapped in `$literal`, so user input
+is never read as an operator or a field path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from ._validate import Credits, UserId
+from .decide import HISTORY_LENGTH, RefillPlan, SpendOutcome, UserState
+from .periods import as_utc
+
+Document = Mapping[str, Any]
+"""A BSON document as the driver hands it over."""
+Update = dict[str, Any]
+"""A filter, an update or a document we build."""
+
+# LibreChat's own fields.
+USER = "user"
+CREDITS = "tokenCredits"
+LAST_REFILL = "lastRefill"
+AUTO = "autoRefillEnabled"  # LibreChat's own refill switch: the library keeps it false
+RESERVED = "reservedCredits"  # credits held by LibreChat's in-flight requests
+PENDING_REFILL = "pendingRefill"  # LibreChat's marker of its own refill whose row is unwritten
+REFILL_AMOUNT = "refillAmount"
+INTERVAL_VALUE = "refillIntervalValue"
+INTERVAL_UNIT = "refillIntervalUnit"
+# Ours, added beside them (LibreChat ignores unknown fields).
+PAUSED = "refillPaused"  # true: automatic refills paused for this user by an admin
+PENDING = "pendingLedger"  # the ledger row of a change whose row may not exist yet
+TIER = "tier"  # assigned tier; missing means the default tier
+REFILL_TIER = "refillTier"  # tier whose period governs the current period
+PINNED = "tierPinned"  # activity rules never move a pinned user
+SPENT = "spentSinceRefill"
+LAST_SEEN = "lastSeen"
+HISTORY = "spendHistory"  # credits spent in each of the last few periods, oldest first
+RECENT = "recentRequests"  # 64-bit keys of the last few spends' request ids (idempotency)
+OP_ID = "lastOpId"  # id of the last refill or admin change (also its ledger row's _id)
+
+RECENT_WINDOW = 32
+OLDEST_FIRST = [("_id", 1)]
+HEX_STRING_USERS = {USER: {"$regex": "^[0-9a-fA-F]{24}$"}}
+"""Documents naming their user by the hex string of an ObjectId."""
+OWNED: Update = {AUTO: False}
+"""Set by every write: LibreChat's runtime never refills a document the library manages."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A balance document as read: the user's state, and what a compare-and-swap on it
+    must find unchanged."""
+
+    id: Any
+    user: UserId
+    state: UserState
+    cas: Update
+    pending: Document | None = None
+    op_id: Any = None
+    recent: tuple[int, ...] = ()
+    last_seen: datetime | None = None
+    librechat_auto: bool = False  # LibreChat's `autoRefillEnabled` was found true
+
+
+def _num(value: object) -> Credits:
+    """A stored number, exactly as stored; anything else (missing, NaN, text) is 0."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):  # noqa: PLR0124 - NaN test
+        return value
+    return 0
+
+
+def _date(value: object) -> datetime | None:
+    return as_utc(value) if isinstance(value, datetime) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse(doc: Document) -> Record:
+    """Read a balance document, tolerating LibreChat's quirks (missing or odd fields)."""
+    get = doc.get
+    history = get(HISTORY)
+    recent = get(RECENT)
+    pending = get(PENDING)
+    cas: Update = {
+        "_id": get("_id"),
+        USER: get(USER),
+        CREDITS: get(CREDITS),
+        RESERVED: get(RESERVED),
+        LAST_REFILL: get(LAST_REFILL),
+        PAUSED: get(PAUSED),
+        TIER: get(TIER),
+        SPENT: get(SPENT),
+        PINNED: get(PINNED),
+        PENDING: None,
+    }
+    user: Any = get(USER)
+    refill_pending = get(PENDING_REFILL) is not None
+    if not refill_pending:
+        cas[PENDING_REFILL] = None  # LibreChat's refill must not start under our write
+    state = UserState(
+        balance=_num(get(CREDITS, 0)),
+        reserved=_num(get(RESERVED, 0)),
+        last_refill=_date(get(LAST_REFILL)),
+        paused=get(PAUSED) is True,
+        tier=_text(get(TIER)),
+        refill_tier=_text(get(REFILL_TIER)),
+        pinned=get(PINNED) is True,
+        spent=max(_num(get(SPENT, 0)), 0),
+        history=tuple(_num(x) for x in history) if isinstance(history, list) else (),
+        refill_pending=refill_pending,
+    )
+    return Record(
+        id=get("_id"),
+        user=user,
+        state=state,
+        cas=cas,
+        pending=pending if isinstance(pending, Mapping) else None,
+        op_id=get(OP_ID),
+        recent=tuple(k for k in recent if isinstance(k, int)) if isinstance(recent, list) else (),
+        last_seen=_date(get(LAST_SEEN)),
+        librechat_auto=get(AUTO) is True,
+    )
+
+
+def by_user(user: UserId) -> Update:
+    return {USER: user}
+
+
+def cas_filter(record: Record, *, with_pending: bool = True) -> Update:
+    """Match the document only if nothing a decision rests on has changed since it was
+    read. It names `user` too, so on a collection sharded by user it targets one shard.
+    Without a ledger (`with_pending=False`) a left marker does not block the write."""
+    cas = dict(record.cas)
+    if not with_pending:
+        del cas[PENDING]
+    return cas
+
+
+# -- first sight ------------------------------------------------------------------------
+
+
+def first_seen_insert(
+    user: UserId, now: datetime, *, start_balance: Credits, mirrored: Mapping[str, object]
+) -> Update:
+    """The fields a first-seen user's document is created with (besides `OWNED` and
+    `lastSeen`). Its `_id` is the user id itself (newer LibreChat does the same), so two
+    racing first requests collide on the `_id` index and one retries."""
+    return {"_id": user, CREDITS: start_balance, LAST_REFILL: now, SPENT: 0, **mirrored}
+
+
+def first_seen_update(insert: Update, now: datetime) -> Update:
+    """Upsert update: touch `lastSeen`, keep LibreChat's refill off, create the document
+    from `insert` if the user is new. Sent with the document returned as it was before."""
+    return {"$setOnInsert": dict(insert), "$set": dict(OWNED), "$max": {LAST_SEEN: now}}
+
+
+def after_first_seen(
+    before: Document | None, insert: Update, user: UserId, now: datetime
+) -> Update:
+    """The document `first_seen_update` left, from the one it returned (None: created)."""
+    after = dict(insert) if before is None else dict(before)
+    if before is None:
+        after[USER] = user
+    after.update(OWNED)
+    seen = _date(after.get(LAST_SEEN))
+    after[LAST_SEEN] = now if seen is None or seen < now else seen
+    return after
+
+
+# -- writes made through the compare-and-swap ---------------------------------------------
+
+
+def refill_update(
+    plan: RefillPlan,
+    now: datetime,
+    *,
+    charge: Credits,
+    mirrored: Mapping[str, object],
+    request_key: int | None = None,
+) -> Update:
+    """A refill (charging `charge` in the same write, recording `request_key` as spent)."""
+    sets: Update = {
+        CREDITS: plan.after - charge,
+        LAST_REFILL: now,
+        REFILL_TIER: plan.tier,
+        SPENT: charge,
+        HISTORY: list(plan.history[-HISTORY_LENGTH:]),
+        **mirrored,
+    }
+    if plan.previous_tier is not None:
+        sets[TIER] = plan.tier
+    update: Update = {"$set": sets, "$max": {LAST_SEEN: now}}
+    if request_key is not None:
+        update["$push"] = {RECENT: {"$each": [request_key], "$slice": -RECENT_WINDOW}}
+    return update
+
+
+def set_fields(fields: Mapping[str, object]) -> Update:
+    return {"$set": dict(fields)}
+
+
+def with_marker(update: Update, op_id: object, row: Update | None) -> Update:
+    """`update` with the op id, LibreChat's refill switched off and, if given, the ledger
+    row left as the pending marker (written in the same atomic update)."""
+    marked = dict(update)
+    sets = {**marked.get("$set", {}), **OWNED, OP_ID: op_id}
+    if row is not None:
+        sets[PENDING] = row
+    marked["$set"] = sets
+    return marked
+
+
+def clear_pending_filter(doc_id: object, user: object, row_id: object) -> Update:
+    return {"_id": doc_id, USER: user, f"{PENDING}._id": row_id}
+
+
+CLEAR_PENDING: Update = {"$unset": {PENDING: ""}}
+PENDING_ROWS: Update = {f"{PENDING}._id": {"$exists": True}}  # served by the sparse index
+
+
+# -- the one-call spend -----------------------------------------------------------------
+
+
+def spend_pipeline(amount: Credits, key: int, now: datetime) -> list[Update]:
+    """A one-stage pipeline update that charges `amount` only if the available balance
+    covers it and the request key is new (`decide.spend_outcome`'s rule, on the server).
+
+    It always matches, so one round trip returns the document whether or not it charged;
+    the caller tells which from the document before the update.
+    """
+    rid = {"$literal": key}
+    recent = {"$ifNull": ["$" + RECENT, []]}
+    credits = {"$ifNull": ["$" + CREDITS, 0]}
+    reserved = {"$ifNull": ["$" + RESERVED, 0]}
+    charge = {
+        "$and": [
+            {"$gte": [{"$subtract": [credits, reserved]}, amount]},
+            {"$eq": [{"$in": [rid, recent]}, False]},
+        ]
+    }
+    when = {"$literal": now}
+    window = {"$slice": [{"$concatArrays": [recent, {"$literal": [key]}]}, -RECENT_WINDOW]}
+    return [
+        {
+            "$set": {
+                CREDITS: {"$cond": [charge, {"$subtract": [credits, amount]}, credits]},
+                SPENT: {"$add": [{"$ifNull": ["$" + SPENT, 0]}, {"$cond": [charge, amount, 0]}]},
+                RECENT: {"$cond": [charge, window, recent]},
+                LAST_SEEN: {"$max": [{"$ifNull": ["$" + LAST_SEEN, when]}, when]},
+                AUTO: {"$literal": False},
+            }
+        }
+    ]
+
+
+def after_spend(record: Record, outcome: SpendOutcome, amount: Credits, key: int) -> Record:
+    """The record as `spend_pipeline` left it, from the one it returned as it was before.
+    Not charged, it still wrote missing counters as 0 (a compare-and-swap must expect
+    those values); charged, the balance, the spend and the request window moved."""
+    cas = dict(record.cas)
+    cas[CREDITS] = 0 if cas[CREDITS] is None else cas[CREDITS]
+    cas[SPENT] = 0 if cas[SPENT] is None else cas[SPENT]
+    state = record.state
+    recent = record.recent
+    if outcome is SpendOutcome.CHARGED:
+        state = replace(state, balance=state.balance - amount, spent=state.spent + amount)
+        recent = (*recent, key)[-RECENT_WINDOW:]
+    return replace(record, cas=cas, state=state, recent=recent, librechat_auto=False)
+
+
+# -- the sweep's queries ----------------------------------------------------------------
+
+
+def due_by(cutoff: datetime) -> Update:
+    """lastRefill at or before `cutoff`, or missing: one index range [MinKey, cutoff] in
+    (lastRefill, _id) order."""
+    return {LAST_REFILL: {"$not": {"$gt": cutoff}}}
+
+
+NOT_PAUSED: Update = {PAUSED: {"$ne": True}}
+IS_PAUSED: Update = {PAUSED: True}
+
+
+def seen_since(since: datetime) -> Update:
+    """Seen (a call or a refill) at or after `since`."""
+    return {"$or": [{LAST_SEEN: {"$gte": since}}, {LAST_REFILL: {"$gte": since}}]}
+
+
+def unseen_since(since: datetime) -> Update:
+    return {
+        "$and": [
+            {"$or": [{LAST_SEEN: {"$lt": since}}, {LAST_SEEN: None}]},
+            {"$or": [{LAST_REFILL: {"$lt": since}}, {LAST_REFILL: None}]},
+        ]
+    }
+
+
+def maybe_below(top: Credits) -> Update:
+    """Possibly below `top`: under it, missing, or holding credits reserved by LibreChat
+    (whose available balance is decided in Python)."""
+    return {"$or": [{CREDITS: {"$lt": top}}, {CREDITS: None}, {RESERVED: {"$gt": 0}}]}
+
+
+def surely_above(top: Credits) -> Update:
+    return {"$and": [{CREDITS: {"$gte": top}}, {RESERVED: {"$not": {"$gt": 0}}}]}
+
+
+def after_key(last_refill: object, doc_id: object) -> Update:
+    """Keyset condition: strictly after (last_refill, _id) in (lastRefill, _id) order,
+    where a missing lastRefill sorts first."""
+    if last_refill is None:
+        return {"$or": [{LAST_REFILL: None, "_id": {"$gt": doc_id}}, {LAST_REFILL: {"$ne": None}}]}
+    return {
+        "$or": [
+            {LAST_REFILL: {"$gt": last_refill}},
+            {LAST_REFILL: last_refill, "_id": {"$gt": doc_id}},
+        ]
+    }
+
+
+SWEEP_ORDER = [(LAST_REFILL, 1), ("_id", 1)]
+SWEEP_PROJECTION: Update = {RECENT: 0}
+
+# -- indexes ----------------------------------------------------------------------------
+
+BALANCE_INDEXES: list[tuple[str, list[tuple[str, int]], bool]] = [
+    ("user_1__id_1", [(USER, 1), ("_id", 1)], False),
+    ("pendingLedger_id", [(f"{PENDING}._id", 1)], True),
+    ("lastRefill_1__id_1", [(LAST_REFILL, 1), ("_id", 1)], False),
+]
+"""(name, keys, sparse) of the indexes on `balances`."""
+LEDGER_INDEX = ("user_1_createdAt_-1", [(USER, 1), ("createdAt", -1)])
+LEDGER_ORDER = [("createdAt", -1), ("_id", -1)]
+
+DUPLICATE_USERS: list[Update] = [
+    {"$group": {"_id": "$" + USER, "n": {"$sum": 1}}},
+    {"$match": {"n": {"$gt": 1}}},
+    {"$sort": {"n": -1}},
+    {"$limit": 1000},
+]

@@ -1,0 +1,254 @@
+"""The decisions: pure functions of (a user's state, the policy, now). No I/O, no storage.
+
+`UserState` is what a decision needs to know about one user, free of how it is stored.
+The storage layer reads a document into a `UserState`, these functions say what to do,
+and the storage layer writes the answer with a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from ._validate import Credits
+from .periods import is_due, next_refill_at, periods_elapsed
+from .policy import AdaptiveAmount, RefillMode, RefillPolicy, TieredPolicy
+
+HISTORY_LENGTH = 6
+"""Periods of spend history kept per user (the activity rules look at most this far)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """One user's state as the decisions see it.
+
+    `balance` is the stored balance; `reserved` what LibreChat's in-flight requests hold
+    of it. `paused` is the library's per-user pause; `refill_pending` says LibreChat's own
+    refill is still writing its ledger row. `tier` is the stored tier (None: default),
+    `refill_tier` the tier whose period governs the current period.
+    """
+
+    balance: Credits = 0
+    reserved: Credits = 0
+    last_refill: datetime | None = None
+    paused: bool = False
+    tier: str | None = None
+    refill_tier: str | None = None
+    pinned: bool = False
+    spent: Credits = 0
+    history: tuple[Credits, ...] = ()
+    refill_pending: bool = False
+
+    @property
+    def available(self) -> Credits:
+        """Credits not held by LibreChat's in-flight requests (LibreChat's own rule)."""
+        return self.balance - self.reserved
+
+
+class SpendOutcome(enum.Enum):
+    """What the one-call spend did."""
+
+    CHARGED = "charged"
+    DUPLICATE = "duplicate"  # the request id was charged before: nothing charged again
+    INSUFFICIENT = "insufficient"
+
+
+def spend_outcome(state: UserState, amount: Credits, *, seen: bool) -> SpendOutcome:
+    """The spend's rule: a request seen before is not charged again; otherwise it is
+    charged when the available balance covers it. The storage layer runs the same rule
+    on the server and this function tells, from the state before, what it did."""
+    if seen:
+        return SpendOutcome.DUPLICATE
+    if state.available >= amount:
+        return SpendOutcome.CHARGED
+    return SpendOutcome.INSUFFICIENT
+
+
+def request_key(request_id: str) -> int:
+    """The 64-bit key kept for a request id (8 bytes instead of the whole id)."""
+    return int.from_bytes(
+        hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def random_request_key() -> int:
+    """A key for a spend that came without a request id (makes the library's own retries safe)."""
+    return secrets.randbits(64) - 2**63
+
+
+@dataclass(frozen=True, slots=True)
+class RefillPlan:
+    """What one refill does: the tier it applies (after activity rules), the amount it
+    uses (fixed or adaptive), the balance before and after, and the spend history the
+    document keeps afterwards (oldest period first). `before` and `after` are stored
+    balances; `reserved` is what LibreChat's in-flight requests hold of them."""
+
+    tier: str
+    policy: RefillPolicy
+    before: Credits
+    after: Credits
+    amount: Credits
+    previous_tier: str | None = None
+    history: tuple[Credits, ...] = ()
+    reserved: Credits = 0
+
+    @property
+    def granted(self) -> Credits:
+        return self.after - self.before
+
+    @property
+    def available_after(self) -> Credits:
+        """What the user can spend after the refill."""
+        return self.after - self.reserved
+
+
+def refill_level(mode: RefillMode, amount: Credits, cap: int | None, before: Credits) -> Credits:
+    """The balance a refill leaves: top_up never lowers, add adds, reset sets; a cap
+    limits what a refill brings but never takes away credits already held."""
+    if mode == "reset":
+        return amount if cap is None else min(amount, cap)
+    target = before + amount if mode == "add" else max(before, amount)
+    if cap is not None:
+        target = max(before, min(target, cap))
+    return target
+
+
+def assigned_tier(tiers: TieredPolicy, state: UserState) -> str:
+    """The tier stored on the document (missing or unknown: the default tier)."""
+    return tiers.tier_of(state.tier)
+
+
+def period_tier(tiers: TieredPolicy, state: UserState) -> str:
+    """The tier whose period governs the current period: the one applied at the last
+    refill, so a tier change mid-period never makes a second refill due early."""
+    if state.refill_tier is not None and state.refill_tier in tiers.tiers:
+        return state.refill_tier
+    return assigned_tier(tiers, state)
+
+
+def auto_refill_on(tiers: TieredPolicy, state: UserState) -> bool:
+    """Automatic refills are on for the user (not paused) and for the user's tier."""
+    return not state.paused and tiers.tiers[assigned_tier(tiers, state)].auto_refill
+
+
+def next_refill(tiers: TieredPolicy, state: UserState, now: datetime) -> datetime | None:
+    """Earliest time another automatic refill can happen (None when auto refill is off)."""
+    if not auto_refill_on(tiers, state):
+        return None
+    if state.last_refill is None:
+        return now
+    return next_refill_at(tiers.tiers[period_tier(tiers, state)].period, state.last_refill)
+
+
+def period_elapsed(tiers: TieredPolicy, state: UserState, now: datetime) -> bool:
+    return is_due(tiers.tiers[period_tier(tiers, state)].period, state.last_refill, now)
+
+
+def closing_history(tiers: TieredPolicy, state: UserState, now: datetime) -> tuple[Credits, ...]:
+    """The spend history after closing the current period at `now`: the credits spent
+    since the last refill, then a zero for each whole period the user missed."""
+    missed = 0
+    if state.last_refill is not None:
+        period = tiers.tiers[period_tier(tiers, state)].period
+        missed = max(0, periods_elapsed(period, state.last_refill, now, cap=HISTORY_LENGTH + 1) - 1)
+    history = (*state.history, state.spent, *([0] * missed))
+    return history[-HISTORY_LENGTH:]
+
+
+def apply_rules(
+    tiers: TieredPolicy, tier: str, history: tuple[Credits, ...], *, pinned: bool
+) -> str:
+    """The tier the activity rules move a user to (the first rule that fires wins)."""
+    if pinned:
+        return tier
+    for rule in tiers.rules:
+        if rule.from_tier != tier:
+            continue
+        allowance = tiers.tiers[rule.from_tier].amount
+        recent = history[-rule.of_last :]
+        if rule.min_usage is not None:
+            hits = sum(spent >= rule.min_usage * allowance for spent in recent)
+        else:
+            assert rule.max_usage is not None  # noqa: S101 - guaranteed by validation
+            hits = sum(spent < rule.max_usage * allowance for spent in recent)
+        if hits >= rule.periods:
+            return rule.to_tier
+    return tier
+
+
+def adaptive_amount(adaptive: AdaptiveAmount, base: int, history: tuple[Credits, ...]) -> int:
+    """EWMA of spend per period (starting from `base`) times headroom, clamped."""
+    estimate = float(base)
+    for spent in history:
+        estimate = adaptive.alpha * spent + (1 - adaptive.alpha) * estimate
+    sized = math.ceil(estimate * adaptive.headroom - 1e-9)
+    return min(adaptive.max_amount, max(adaptive.min_amount, sized))
+
+
+def plan_refill(
+    tiers: TieredPolicy,
+    state: UserState,
+    now: datetime,
+    needed: Credits = 0,
+    *,
+    force: bool = False,
+) -> RefillPlan | None:
+    """The refill due for `state` at `now`, or None.
+
+    Due when all hold: auto refill is on (for the user and the tier), the period has
+    elapsed, and the available balance (credits not reserved by LibreChat's in-flight
+    requests) is below max(threshold, needed). `force` (an admin's `refill_now`) skips
+    all three and leaves the tier alone. Never while LibreChat's own refill is settling.
+    The activity rules then pick the tier, whose amount (fixed or adaptive), mode and cap
+    apply to the available balance. A refill that would change nothing is not made
+    (unless forced).
+    """
+    if state.refill_pending:
+        return None
+    tier = assigned_tier(tiers, state)
+    if not force:
+        if not auto_refill_on(tiers, state) or not period_elapsed(tiers, state, now):
+            return None
+        if state.available >= max(tiers.tiers[tier].effective_threshold, needed):
+            return None
+    history = closing_history(tiers, state, now)
+    new_tier = tier if force else apply_rules(tiers, tier, history, pinned=state.pinned)
+    policy = tiers.tiers[new_tier]
+    amount = policy.amount
+    if policy.adaptive is not None:
+        amount = adaptive_amount(policy.adaptive, policy.amount, history)
+    level = refill_level(policy.mode, amount, policy.max_balance, state.available)
+    # Unchanged stays exactly unchanged (a float's round trip through `available` may not).
+    after = state.balance if level == state.available else level + state.reserved
+    if after == state.balance and not force and new_tier == tier:
+        return None
+    return RefillPlan(
+        tier=new_tier,
+        policy=policy,
+        before=state.balance,
+        after=after,
+        amount=amount,
+        previous_tier=tier if new_tier != tier else None,
+        history=history,
+        reserved=state.reserved,
+    )
+
+
+SkipReason = Literal["inactive", "not_due", "paused", "above_threshold", "raced"]
+SKIP_REASONS: tuple[SkipReason, ...] = ("inactive", "not_due", "paused", "above_threshold", "raced")
+
+
+def skip_reason(tiers: TieredPolicy, state: UserState, now: datetime) -> SkipReason:
+    """Why `plan_refill` planned nothing for a user (for the sweep's report)."""
+    if state.refill_pending:
+        return "raced"  # LibreChat's own refill is settling
+    if not auto_refill_on(tiers, state):
+        return "paused"
+    if not period_elapsed(tiers, state, now):
+        return "not_due"
+    return "above_threshold"
