@@ -134,6 +134,8 @@ def by_user(user: Any) -> dict[str, Any]:
 
 
 OLDEST_FIRST = [("_id", 1)]
+HEX_STRING_USERS = {USER: {"$regex": "^[0-9a-fA-F]{24}$"}}
+"""Documents naming their user by the hex string of an ObjectId."""
 
 
 def cas_filter(doc: BalanceDoc) -> dict[str, Any]:

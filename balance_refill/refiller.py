@@ -666,8 +666,37 @@ class BalanceRefiller:
             if len(docs) < batch_size:
                 return settled
 
+    async def _adopt_hex_users(self, collection: AsyncCollection) -> int:
+        """Store `user` values that are 24-hex strings as ObjectIds, as LibreChat's schema
+        (and `user_ids="auto"`) reads them; returns how many documents changed."""
+        adopted = 0
+        while True:
+            docs = await self._store.iterate(
+                collection, D.HEX_STRING_USERS, limit=500, projection={D.USER: 1}
+            )
+            if not docs:
+                break
+            for doc in docs:
+                adopted += await self._store.update_one(
+                    collection,
+                    {"_id": doc["_id"], D.USER: doc[D.USER]},
+                    {"$set": {D.USER: ObjectId(doc[D.USER])}},
+                )
+        if adopted:
+            log.warning(
+                "%s: %d document(s) named their user by a 24-hex string; now stored as ObjectIds",
+                collection.name,
+                adopted,
+            )
+        return adopted
+
     async def ensure_indexes(self) -> list[str]:
         """Create the indexes the library needs; report users with duplicate documents.
+
+        Unless `user_ids="str"`, balance documents whose `user` is a 24-hex string
+        (written by an earlier version of this library, or by a script) are switched to
+        the ObjectId that LibreChat and the library look them up by. Ledger rows are never
+        rewritten (the ledger is append-only): such old rows keep their string `user`.
 
         Raises `DuplicateBalances` (after creating the indexes) when some users own more
         than one balance document; the library still works on such data, using the oldest.
@@ -690,6 +719,8 @@ class BalanceRefiller:
                     store.ledger, [(D.USER, 1), ("createdAt", -1)], name="user_1_createdAt_-1"
                 )
             )
+        if self._user_ids != "str":
+            await self._adopt_hex_users(store.balances)
         duplicates = await store.aggregate(
             store.balances,
             [
