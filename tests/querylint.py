@@ -24,6 +24,7 @@ FILTER_OPERATORS = {
     "$or",
     "$and",
     "$not",
+    "$regex",  # only ensure_indexes' constant, anchored pattern for hex-string user ids
 }
 PIPELINE_STAGES = {"$set"}
 EXPRESSION_OPERATORS = {

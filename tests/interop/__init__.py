@@ -1,0 +1,1 @@
+"""Interop tests: this library and LibreChat's own code on one database."""
