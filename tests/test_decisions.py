@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from balance_refill import BalanceRefiller, RefillPolicy
-from balance_refill._docs import parse
-from balance_refill.decisions import plan_refill, refill_level
+from balance_refill._schema import parse
+from balance_refill.decide import plan_refill, refill_level
 from balance_refill.policy import as_tiered
 from balance_refill.testing import FakeClock, RecordingCollection
 
@@ -52,7 +52,7 @@ def test_refill_level_table(
 
 
 def doc(**fields: Any) -> Any:
-    return parse({"_id": "u", "user": "u", "lastRefill": NOW - timedelta(days=31), **fields})
+    return parse({"_id": "u", "user": "u", "lastRefill": NOW - timedelta(days=31), **fields}).state
 
 
 @pytest.mark.parametrize(

@@ -193,20 +193,21 @@ async def test_flush_pending_batches(refiller: BalanceRefiller, db: Any, clock: 
 
 
 async def test_aba_balance_does_not_fool_the_compare_and_swap(
-    refiller: BalanceRefiller, db: Any, clock: FakeClock
+    make_refiller: Callable[..., BalanceRefiller], balances: Any, db: Any, clock: FakeClock
 ) -> None:
     """A stale reader whose balance value came back (refill, then spent to the same
     value) must not refill again: the swap also compares lastRefill and spend."""
-    from balance_refill.decisions import plan_refill
+    from tests.test_decisions import GatedCollection
 
     await db["balances"].insert_one(
         {"user": "u", "tokenCredits": 0, "lastRefill": clock() - timedelta(days=31)}
     )
-    stale = await refiller._read_or_create("u", clock())
-    assert (await refiller.ensure_balance("u")).refilled
-    await refiller.spend("u", 10_000)  # back to 0: the same tokenCredits as the stale read
-    plan = plan_refill(refiller.tiers, stale, clock())
-    assert plan is not None
-    after, _ = await refiller._refill(stale, plan, clock())
-    assert after is None
+    gated = GatedCollection(balances.inner, hold=2)  # 1: the read, 2: the refill's CAS
+    stale = asyncio.create_task(make_refiller(balances=gated).ensure_balance("u"))
+    await gated.held.wait()
+    fast = make_refiller()
+    assert (await fast.ensure_balance("u")).refilled
+    await fast.spend("u", 10_000)  # back to 0: the same tokenCredits as the stale read
+    gated.release.set()
+    assert not (await stale).refilled
     assert await db["transactions"].count_documents({}) == 1

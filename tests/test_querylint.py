@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
+from balance_refill.policy import as_tiered
 from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
 
 from .querylint import lint
@@ -33,7 +34,7 @@ async def exercise(refiller: BalanceRefiller, db: Any, clock: FakeClock) -> None
     await refiller.set_balance("first", 50, actor="a", reason="r")
     await refiller.set_auto_refill("first", False, actor="a")
     await refiller.set_auto_refill("first", True, actor="a")
-    await refiller.set_tier("first", refiller.tiers.default_tier, actor="a", pinned=True)
+    await refiller.set_tier("first", as_tiered(refiller.policy).default_tier, actor="a", pinned=True)
     await refiller.refill_now("first", actor="a", reason="r")
     await refiller.get_state("first")
     await refiller.history("first")

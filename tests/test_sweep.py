@@ -20,8 +20,8 @@ from balance_refill import (
     SweepReport,
     TieredPolicy,
 )
-from balance_refill._docs import parse
-from balance_refill.decisions import plan_refill
+from balance_refill._schema import parse
+from balance_refill.decide import plan_refill
 from balance_refill.policy import as_tiered
 from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
 
@@ -63,7 +63,7 @@ async def test_sweep_refills_exactly_the_due_users(
     docs = await populate(db, clock, 300)
     expected = {}
     for raw in [d async for d in db["balances"].find()]:
-        plan = plan_refill(as_tiered(POLICY), parse(raw), clock())
+        plan = plan_refill(as_tiered(POLICY), parse(raw).state, clock())
         if plan is not None:
             expected[raw["user"]] = plan.after
     report = await sweeper.sweep(batch_size=40)
@@ -326,12 +326,10 @@ async def test_rerun_after_crash_finishes_without_duplicates(
     assert report.settled_pending == (0 if fail_at == "update_many" else 10)
 
 
-async def test_lease_lost_mid_sweep_stops(
-    sweeper: BalanceRefiller, db: Any, clock: FakeClock, log: CallLog
-) -> None:
+async def test_lease_lost_mid_sweep_stops(make_refiller: Make, db: Any) -> None:
     """If another runner takes the lease over (ours expired), the sweep stops at the next renewal."""
     await db["balances"].insert_many([{"user": f"l{i}", "tokenCredits": 0} for i in range(20)])
-    original = sweeper.leases_collection()
+    original = db["leases"]
 
     class Thief:
         name = "leases"
@@ -343,7 +341,7 @@ async def test_lease_lost_mid_sweep_stops(
             await original.update_one({"_id": "sweep:balances"}, {"$set": {"holder": "thief"}})
             return await original.update_one(*args, **kwargs)
 
-    sweeper._leases = Thief()  # type: ignore[assignment]
+    sweeper = make_refiller(policy=POLICY, leases=Thief())
     with pytest.raises(SweepLocked):
         await sweeper.sweep(batch_size=5)
     assert await db["transactions"].count_documents({}) == 5  # the first batch completed

@@ -13,8 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balance_refill import BalanceRefiller, RefillPolicy, TieredPolicy
-from balance_refill._docs import HISTORY_LENGTH, parse
-from balance_refill.decisions import adaptive_amount, apply_rules, closing_history, plan_refill
+from balance_refill._schema import parse
+from balance_refill.decide import (
+    HISTORY_LENGTH,
+    adaptive_amount,
+    apply_rules,
+    closing_history,
+    plan_refill,
+)
 from balance_refill.policy import AdaptiveAmount, TierRule
 from balance_refill.testing import CallLog, FakeClock, RecordingCollection
 
@@ -32,7 +38,7 @@ TIERS = TieredPolicy(
 
 def doc(**fields: Any) -> Any:
     base = {"_id": 1, "user": "u", "tokenCredits": 0, "lastRefill": NOW - timedelta(days=31)}
-    return parse({**base, **fields})
+    return parse({**base, **fields}).state
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from balance_refill import (
     InsufficientCredits,
     RefillPolicy,
 )
+from balance_refill.periods import as_utc
 from balance_refill.testing import FakeClock
 from tests.interop.conftest import ON_SERVER, SKIP_REASON, LibreChat
 
@@ -237,7 +238,7 @@ async def test_librechat_leaves_a_due_library_document_alone_and_the_sweep_refil
     (after,) = await docs_of(db, managed)
     assert (after["tokenCredits"], after["lastRefill"], after["autoRefillEnabled"]) == (
         10_000,  # the policy's top_up, not LibreChat's add (which would give 11,000)
-        refiller.now(),
+        as_utc(clock()),  # what MongoDB stores: milliseconds
         False,
     )
     assert (await refiller.sweep()).refilled == 0
