@@ -1,4 +1,8 @@
-"""Fixtures: a tz-aware mock database, recording collections, a fake clock."""
+"""Fixtures: a tz-aware database on the chosen backend, recording collections, a fake clock.
+
+`BALANCE_REFILL_TEST_BACKEND=mock|wire` (default mock; `MONGODB_URI` for a real server)
+picks where every test's database lives: see tests/wire/backend.py.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from mongomock_motor import AsyncMongoMockClient
 
 from balance_refill import BalanceRefiller, RefillPolicy
+from balance_refill.cli import Connection
 from balance_refill.policy import AnyPolicy
 from balance_refill.testing import (
-    BulkWriteShim,
     CallLog,
     FakeClock,
-    MockDatabase,
     RecordingCollection,
 )
+
+from .wire import backend
+from .wire.differences import EXPECTED_DIFFERENCES
 
 START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -30,11 +35,11 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def db() -> AsyncIterator[Any]:
-    """A fresh mock database per test (tz-aware, like a real client should be), whose
-    collections run bulk writes through the shim (mongomock's UpdateOne is broken)."""
-    client = AsyncMongoMockClient(tz_aware=True)
-    yield MockDatabase(client["balance_refill_test"])
-    client.close()
+    """A fresh tz-aware database per test, dropped at the end. On the mock its collections
+    run bulk writes through the shim (mongomock's UpdateOne is broken); on a server it is
+    reached through a real `AsyncMongoClient` made in the test's event loop."""
+    async with backend.database() as database:
+        yield database
 
 
 @pytest.fixture
@@ -84,17 +89,18 @@ def refiller(make_refiller: Callable[..., BalanceRefiller]) -> BalanceRefiller:
 
 @pytest.fixture
 def make_racing(db: Any, clock: FakeClock) -> Callable[..., BalanceRefiller]:
-    """Build a refiller whose every call yields to the event loop first (and whose bulk
-    writes yield between requests), so gathered calls interleave as on a server."""
+    """Build a refiller whose gathered calls interleave. On the mock every call yields to
+    the event loop first (the sweep's bulk updates go one by one there, each yielding),
+    as on a server; on a server they interleave for real, so no wrapper changes the order."""
+    mock = backend.is_mock()
 
     def make(policy: AnyPolicy, **kwargs: Any) -> BalanceRefiller:
         log = CallLog()
-        balances = BulkWriteShim(db["balances"].inner, yield_between=True)
         return BalanceRefiller(
-            RecordingCollection(balances, log, yield_first=True),
+            RecordingCollection(db["balances"], log, yield_first=mock),
             policy,
-            ledger=RecordingCollection(db["transactions"], log, yield_first=True),
-            leases=RecordingCollection(db["leases"], log, yield_first=True),
+            ledger=RecordingCollection(db["transactions"], log, yield_first=mock),
+            leases=RecordingCollection(db["leases"], log, yield_first=mock),
             clock=clock,
             retry_delay=0,
             max_attempts=kwargs.pop("max_attempts", 200),
@@ -105,22 +111,54 @@ def make_racing(db: Any, clock: FakeClock) -> Callable[..., BalanceRefiller]:
 
 
 @pytest.fixture
-def cli_connection(db: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """What the CLI tests hand to `main()`: the test's mock database, as a
-    `balance_refill.cli.Connection` (the CLI leaves it open)."""
-    from balance_refill.cli import Connection
+def cli_connection(db: Any, monkeypatch: pytest.MonkeyPatch) -> Connection | None:
+    """What the CLI tests hand to `main()`: the test's mock database; on a server, no
+    connection and `MONGODB_URI` naming the test's database, so the CLI opens (and
+    closes) its own client inside the event loop its `asyncio.run` makes."""
+    if backend.is_mock():
+        monkeypatch.delenv("MONGODB_URI", raising=False)
+        return Connection(client=None, database=db, mock=True)
+    monkeypatch.setenv("MONGODB_URI", backend.uri_for(db.name))
+    return None
 
-    monkeypatch.delenv("MONGODB_URI", raising=False)
-    return Connection(client=None, database=db, mock=True)
+
+@pytest.fixture
+def own_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code that opens its own client (README blocks, examples, the demo) runs on the
+    test backend: as written on the mock; on a server, with every client it makes
+    replaced by one on the server (tests/wire/backend.py: `route_clients`)."""
+    backend.route_clients(monkeypatch)
 
 
 def server_uri() -> str | None:
     return os.environ.get("MONGODB_URI") or None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On the wire, each check listed in tests/wire/differences.py must fail (strict xfail)."""
+    if not backend.is_wire():
+        return
+    for item in items:
+        reason = EXPECTED_DIFFERENCES.get(item.nodeid)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"mongoeco differs: {reason}"))
+
+
+def pytest_sessionfinish() -> None:
+    """Stop the wire server (also after failures and Ctrl-C; an atexit hook backs this)."""
+    backend.stop()
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Report the size of the fault matrix and of the bad-input table that ran."""
+    """Report the backend, and the size of the fault matrix and of the bad-input table."""
     from tests import test_faults, test_hostile
+
+    terminalreporter.write_line(f"backend: {backend.describe()}")
+    if backend.is_wire():
+        terminalreporter.write_line(
+            f"expected differences on the wire: {len(EXPECTED_DIFFERENCES)} "
+            "(tests/wire/differences.py)"
+        )
 
     if test_faults.MATRIX:
         total = sum(test_faults.MATRIX.values())

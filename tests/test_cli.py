@@ -263,7 +263,9 @@ def test_sweep_dry_run_then_real(run: Run, db: Any) -> None:
     assert again["refilled"] == 0
 
 
-def test_sweep_progress_bar_on_a_terminal(conn: Connection | None, policy_file: Path, db: Any) -> None:
+def test_sweep_progress_bar_on_a_terminal(
+    conn: Connection | None, policy_file: Path, db: Any
+) -> None:
     _seed_due(db, 7)
     out, err = _Tty(), io.StringIO()
     assert (

@@ -1,16 +1,20 @@
-"""The contract suite on a real MongoDB server: runs when MONGODB_URI is set, skipped otherwise.
+"""The contract suite on a MongoDB server: on the wire backend (mongoeco) or at MONGODB_URI;
+skipped on the mock.
 
-Run it with a local replica set, for example:
+    BALANCE_REFILL_TEST_BACKEND=wire python -m pytest tests/test_contract.py
+
+Or with a local replica set, for example:
     mongod --replSet rs0 --dbpath /tmp/db --port 27017 &
     mongosh --eval 'rs.initiate()'
     MONGODB_URI=mongodb://localhost:27017/?replicaSet=rs0 python -m pytest tests/test_contract.py
+
+Where mongoeco answers differently from a server, the check is an expected failure on the
+wire: tests/wire/differences.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,26 +26,21 @@ from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
 from balance_refill.testing import CallLog, FakeClock, RecordingCollection
 
 from .test_querylint import exercise
+from .wire import backend
 
-URI = os.environ.get("MONGODB_URI")
 pytestmark = [
     pytest.mark.server,
-    pytest.mark.skipif(not URI, reason="MONGODB_URI is not set: no real server to test against"),
+    pytest.mark.skipif(
+        backend.is_mock(),
+        reason="needs a server: BALANCE_REFILL_TEST_BACKEND=wire, or MONGODB_URI",
+    ),
 ]
 
 
 @pytest.fixture
 async def server_db() -> AsyncIterator[Any]:
-    from pymongo import AsyncMongoClient
-
-    assert URI
-    client: Any = AsyncMongoClient(URI, tz_aware=True)
-    name = f"balance_refill_contract_{uuid.uuid4().hex[:8]}"
-    try:
-        yield client[name]
-    finally:
-        await client.drop_database(name)
-        await client.close()
+    async with backend.database("balance_refill_contract") as database:
+        yield database
 
 
 @pytest.fixture
@@ -143,23 +142,35 @@ async def test_server_rejects_path_conflicts(server_db: Any) -> None:
         )
 
 
-async def test_sweep_on_server_uses_the_index(server_db: Any, server_clock: FakeClock) -> None:
-    """The sweep runs on a real server (bulk compare-and-swap included) and its candidate
-    query is answered from an index."""
-    from balance_refill.sweep import LEASE_TTL, Sweep
-
-    refiller = make(server_db, server_clock)
+async def seed_half_due(db: Any, clock: FakeClock) -> BalanceRefiller:
+    """40 users, every other one due; returns a refiller whose indexes exist."""
+    refiller = make(db, clock)
     await refiller.ensure_indexes()
-    old = server_clock() - timedelta(days=31)
-    await server_db["balances"].insert_many(
+    old = clock() - timedelta(days=31)
+    await db["balances"].insert_many(
         [
-            {"user": ObjectId(), "tokenCredits": 0, "lastRefill": old if i % 2 else server_clock()}
+            {"user": ObjectId(), "tokenCredits": 0, "lastRefill": old if i % 2 else clock()}
             for i in range(40)
         ]
     )
+    return refiller
+
+
+async def test_sweep_on_server(server_db: Any, server_clock: FakeClock) -> None:
+    """The sweep runs on a real server, bulk compare-and-swap included."""
+    refiller = await seed_half_due(server_db, server_clock)
     report = await refiller.sweep(batch_size=7)
     assert (report.refilled, report.errors) == (20, 0)
     assert await server_db["transactions"].count_documents({}) == 20
+
+
+async def test_sweep_candidates_are_read_from_an_index(
+    server_db: Any, server_clock: FakeClock
+) -> None:
+    """The sweep's candidate query is answered from an index."""
+    from balance_refill.sweep import LEASE_TTL, Sweep
+
+    refiller = await seed_half_due(server_db, server_clock)
     query = Sweep(
         refiller,
         active_within=None,
@@ -215,6 +226,7 @@ async def test_retryable_writes_survive_a_dropped_connection(
         ({"$expr": {"$lt": ["$a", 1]}, "user": "y"}, {"$set": {"a": 1}}, True),
         ({"user": "x"}, [{"$set": {"a": {"$undefinedOperator": 1}}}], False),
     ],
+    ids=["two-operators-one-path", "set-and-unset", "expr-in-upsert-filter", "unknown-operator"],
 )
 async def test_server_rejects_what_the_lint_forbids(
     server_db: Any, filter_: Any, update: Any, upsert: bool

@@ -11,6 +11,8 @@ import pytest
 
 from balance_refill.cli import main
 
+from .wire import backend
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,8 +26,9 @@ def test_readme_has_python_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(readme_blocks())))
-def test_readme_python_blocks_run(index: int) -> None:
-    """Each ```python block in the README runs as written."""
+def test_readme_python_blocks_run(index: int, own_clients: None) -> None:
+    """Each ```python block in the README runs as written (on a server backend, with its
+    client on that server)."""
     code = readme_blocks()[index]
     exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "readme"})  # noqa: S102 - our own README
 
@@ -41,9 +44,8 @@ def test_readme_quickstart_commands() -> None:
 
 
 def test_chat_backend_example_runs(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, own_clients: None
 ) -> None:
-    monkeypatch.delenv("MONGODB_URI", raising=False)
     monkeypatch.setattr(sys, "argv", ["chat_backend.py"])
     runpy.run_path(str(ROOT / "examples" / "chat_backend.py"), run_name="__main__")
     out = capsys.readouterr().out
@@ -51,14 +53,12 @@ def test_chat_backend_example_runs(
     assert "Not enough credits" in out
 
 
-def test_demo_runs_on_the_mock(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`python -m balance_refill demo` needs no server and prints a timeline."""
-    monkeypatch.delenv("MONGODB_URI", raising=False)
+def test_demo_runs_on_the_mock(capsys: pytest.CaptureFixture[str], own_clients: None) -> None:
+    """`python -m balance_refill demo` needs no server and prints a timeline (on a server
+    backend, it runs there)."""
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "embedded mock" in out
+    assert ("embedded mock" if backend.is_mock() else "database: mongodb") in out
     assert "runs dry" in out
     assert "refilled at login" in out
     assert "refills paused" in out

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect, NetworkTimeout, WriteConcernError
 
 from balance_refill import (
@@ -22,9 +21,10 @@ from balance_refill import (
     StorageError,
     TieredPolicy,
 )
-from balance_refill.testing import Call, CallLog, FakeClock, MockDatabase, RecordingCollection
+from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
 
 from .querylint import lint
+from .wire import backend
 
 NOW = datetime(2026, 3, 31, 23, 30, tzinfo=UTC)
 POLICY = TieredPolicy(
@@ -168,8 +168,14 @@ def outcome(result: Any) -> Any:
 async def run(
     scenario: Scenario, fault: tuple[str, int, str] | None, *, retry_attempts: int = 3
 ) -> tuple[Any, Any, int, CallLog]:
-    client = AsyncMongoMockClient(tz_aware=True)
-    db = MockDatabase(client["faults"])
+    """Run the scenario with the fault on a fresh database of the test backend."""
+    async with backend.database("faults") as db:
+        return await run_on(db, scenario, fault, retry_attempts)
+
+
+async def run_on(
+    db: Any, scenario: Scenario, fault: tuple[str, int, str] | None, retry_attempts: int
+) -> tuple[Any, Any, int, CallLog]:
     if scenario.seed:
         await db["balances"].insert_many([dict(d) for d in scenario.seed])
     log = CallLog()
@@ -206,7 +212,6 @@ async def run(
     await refiller.flush_pending()
     balances = [d async for d in db["balances"].find()]
     rows = [r async for r in db["transactions"].find()]
-    client.close()
     return outcome(result), normalise(balances, rows), calls, log
 
 

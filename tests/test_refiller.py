@@ -190,7 +190,9 @@ async def test_paused_user_never_refilled(
     refiller: BalanceRefiller, balances: RecordingCollection, clock: FakeClock
 ) -> None:
     """refillPaused: true is the library's per-user pause; next_refill_at is None."""
-    await seed(balances, tokenCredits=0, refillPaused=True, lastRefill=clock() - timedelta(days=400))
+    await seed(
+        balances, tokenCredits=0, refillPaused=True, lastRefill=clock() - timedelta(days=400)
+    )
     state = await refiller.ensure_balance("u1")
     assert not state.refilled
     assert state.next_refill_at is None
