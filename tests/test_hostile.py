@@ -21,7 +21,8 @@ from balance_refill import (
     TieredPolicy,
     UserNotFound,
 )
-from balance_refill.policy_file import PolicyFileError, load_policy_text
+from balance_refill import PolicyFileError
+from balance_refill.policy_file import load_policy_text
 from balance_refill.testing import CallLog
 
 PASSED: Counter[str] = Counter()

@@ -17,8 +17,8 @@ from bson import ObjectId
 
 from balance_refill import (
     BalanceRefiller,
+    ConfigurationError,
     InsufficientCredits,
-    InvalidArgument,
     InvalidUserId,
     RefillPolicy,
 )
@@ -81,7 +81,7 @@ async def test_user_id_modes(make_refiller: Make, db: Any) -> None:
     with pytest.raises(InvalidUserId, match="objectid"):
         await strict.ensure_balance("bob")
     assert (await strict.ensure_balance(HEX)).user_id == ObjectId(HEX)
-    with pytest.raises(InvalidArgument, match="user_ids"):
+    with pytest.raises(ConfigurationError, match="user_ids"):
         make_refiller(user_ids="uuid")
     assert await db["balances"].count_documents({}) == 2
 

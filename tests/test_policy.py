@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from balance_refill import Calendar, Interval, RefillPolicy, TieredPolicy
+from balance_refill import RefillPolicy, TieredPolicy
+from balance_refill.periods import Calendar, Interval
 
 
 def test_defaults() -> None:
