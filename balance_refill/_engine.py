@@ -246,7 +246,7 @@ class Engine:
     def _marked(self, record: S.Record, change: Change, op_id: ObjectId) -> S.Update:
         if record.librechat_auto:
             switched_off(record.user)
-        return S.with_marker(change.update, op_id, change.row if self.ledger else None)
+        return S.with_marker(change.update, op_id, change.row if self.ledger is not None else None)
 
     async def _swap(
         self, what: str, record: S.Record, change: Change, op_id: ObjectId
