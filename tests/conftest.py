@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from balance_refill import BalanceRefiller, RefillPolicy
 from balance_refill.cli import Connection
@@ -26,6 +27,14 @@ from .wire import backend
 from .wire.differences import EXPECTED_DIFFERENCES
 
 START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+# Hypothesis profiles: `dev` (the default: quick local runs), `ci` (what CI runs: the
+# model test's 2,000 examples, derandomized so a CI failure reproduces), `long` (20,000
+# on demand). Pick one with HYPOTHESIS_PROFILE.
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.register_profile("ci", max_examples=2_000, deadline=None, derandomize=True)
+settings.register_profile("long", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture

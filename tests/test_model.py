@@ -1,17 +1,16 @@
 """Stateful model test: random interleavings of every operation and clock jumps across
 month ends, a leap day and DST changes, checked against a plain-Python model.
 
-CI runs 2,000 examples on the mock. A longer run: HYPOTHESIS_PROFILE=long python -m pytest
-tests/test_model.py (20,000 examples). On a server backend the default profile is `wire`,
-500 examples, as every step there is a real round trip (about 0.2 s an example on mongoeco);
-HYPOTHESIS_PROFILE=ci runs the 2,000 there too.
+The number of examples comes from the Hypothesis profile (tests/conftest.py): 200 by
+default (`dev`), 2,000 in CI (`HYPOTHESIS_PROFILE=ci`, on both backends), 20,000 with
+`HYPOTHESIS_PROFILE=long`. On the wire every step is a real round trip (about 0.2 s an
+example on mongoeco).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,8 +59,6 @@ LANDMARKS = [
     datetime(2028, 12, 31, 23, 30, tzinfo=UTC),
 ]
 REFILL_CONTEXTS = ("autoRefill", "refillReset", "refillNow")
-PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci" if backend.is_mock() else "wire")
-EXAMPLES = {"ci": 2_000, "long": 20_000, "wire": 500}.get(PROFILE, 2_000)
 
 
 @dataclass
@@ -297,11 +294,8 @@ class BalanceModel(RuleBasedStateMachine):
         return [d async for d in self.db[name].find()]
 
 
-BalanceModel.TestCase.settings = settings(
-    max_examples=EXAMPLES,
+BalanceModel.TestCase.settings = settings(  # the profile's examples and seed policy
     stateful_step_count=12,
-    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    derandomize=PROFILE in ("ci", "wire"),
 )
 TestBalanceModel = BalanceModel.TestCase
