@@ -63,9 +63,11 @@ async def run_all(
     sections = []
     for name in BENCHMARKS:
         if name in only:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             section = await jobs[name]()
             section.data["elapsed_s"] = round(time.perf_counter() - t0, 2)
+            print(f"bench: {name} done in {section.data['elapsed_s']} s", file=sys.stderr)
             sections.append(section)
     return sections
 
@@ -85,7 +87,11 @@ def environment() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = asyncio.run(run_all(quick=args.quick, profile=args.profile, only=args.only))
+    try:
+        sections = asyncio.run(run_all(quick=args.quick, profile=args.profile, only=args.only))
+    except network.WireBenchmarkError as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 1
     env = environment()
     if args.json:
         print(

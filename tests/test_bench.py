@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +31,10 @@ from balance_refill.testing import (
 from bench import calls, fastmock, network, overhead, scale, sweep_memory, sweep_vs_classic
 from bench.baselines import LibreChatClassic, LibreChatReservations, Message, Ours
 from bench.common import START, librechat_doc, librechat_policy, render
-from bench.run import main
+from bench.run import BENCHMARKS, main
+from tests.wire.launcher import WireUnavailable
+
+from .wire import backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,26 +114,100 @@ async def test_profile_lists_library_functions() -> None:
     assert "refiller.py" in text
 
 
-# -- 3. network ------------------------------------------------------------------------
+# -- 3. round trips on a wire server -----------------------------------------------------
 
 
-async def test_network_runs_and_replays() -> None:
+@pytest.mark.skipif(
+    not backend.is_wire(),
+    reason="runs on the mongoeco wire server: BALANCE_REFILL_TEST_BACKEND=wire",
+)
+async def test_wire_benchmark_quick() -> None:
+    """The quick wire benchmark runs every flow on a real server over TCP, checks every
+    user, and counts each flow's round trips exactly."""
     section = await network.run(quick=True)
-    live, replayed, light = (section.data[k] for k in ("live", "replayed", "light"))
-    assert {r["messages"] for r in light.values()} == {30}
-    assert light["ours"]["calls"] < light["LibreChat classic"]["calls"]
-    for results in (live, replayed):
-        assert {r["messages"] for r in results.values()} == {60}
-        assert results["ours"]["calls"] < results["LibreChat classic"]["calls"]
-        assert results["LibreChat classic"]["calls"] < results["LibreChat reservations"]["calls"]
-    assert {r["refills"] for r in live.values()} == {20}
+    sizes = network.QUICK
+    loaded, unloaded = section.data["loaded"], section.data["unloaded"]
+    assert {r["messages"] for r in loaded.values()} == {sizes.users * sizes.messages}
+    assert {r["messages"] for r in unloaded.values()} == {sizes.unloaded_users * sizes.messages}
+    # per user: login 1; ours 1 per message + 3 for the refill; LibreChat classic 7 + 3;
+    # reservations 9 + 4 (bench/calls.py counts the same on the mock)
+    per_user = {
+        "ours": 1 + 4 + 3,
+        "LibreChat classic": 1 + 28 + 3,
+        "LibreChat reservations": 1 + 36 + 4,
+    }
+    for name, trips in per_user.items():
+        assert loaded[name]["round_trips"] == trips * sizes.users
+        assert unloaded[name]["round_trips"] == trips * sizes.unloaded_users
+    assert all(r["throughput"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in loaded.values())
+    assert len(section.data["rounds"]) == sizes.rounds
+    if sys.platform == "linux":  # the server's CPU comes from /proc
+        assert all(r["server_cpu_ms_per_message"] > 0 for r in loaded.values())
+    assert section.data["server"]["mongoeco"]
+    text = render([section])
+    assert "Only the ratios between the flows" in text
+    assert "throughput ours / LibreChat classic" in text
+    for name in per_user:
+        assert section.value(f"{name}: users consistent after the run") == (
+            f"{sizes.users} of {sizes.users}"
+        )
 
 
-async def test_partitioned_mock_refuses_untargeted_calls() -> None:
-    db = AsyncMongoMockClient(tz_aware=True)["route"]
-    coll = network.PartitionedMock(db, "balances", {})
-    with pytest.raises(network.Unroutable):
-        await coll.find_one({"tokenCredits": {"$gt": 0}})
+@pytest.mark.parametrize("name", network.FLOWS)
+async def test_wire_flows_leave_every_user_consistent_on_the_mock(name: str) -> None:
+    """The benchmark's seeding, sessions and per-user check, on mongomock: the check
+    passes after a run, and names a user given a second refill row."""
+    db = AsyncMongoMockClient(tz_aware=True)["wire_flows"]
+    sizes = network.Sizes(users=3, messages=4, concurrency=2, unloaded_users=1)
+    users = [ObjectId() for _ in range(sizes.users)]
+    parts = await network.prepare(db, name, users, sizes.start_credits)
+    _, latencies = await network.drive(parts, sizes.messages, sizes.concurrency)
+    assert len(latencies) == sizes.users * sizes.messages
+    assert await network.check(name, parts, sizes) == []
+    await parts[1].transactions.insert_one({"user": users[1], "context": "autoRefill"})
+    problems = await network.check(name, parts, sizes)
+    assert len(problems) == 1
+    assert str(users[1]) in problems[0]
+    assert "2 refill rows" in problems[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_process_cpu_seconds_reads_proc() -> None:
+    sum(i * i for i in range(200_000))  # use some CPU
+    used = network.process_cpu_seconds(os.getpid())
+    assert used is not None
+    assert 0 < used <= time.process_time() + 0.05
+    assert network.process_cpu_seconds(2**22 + 1) is None  # no such process
+
+
+@pytest.mark.parametrize(
+    ("name", "start", "messages", "credits"),
+    [
+        ("ours", 2_500, 4, 8_500),  # 2 messages, refill on the 3rd, 2 more
+        ("ours", 10_500, 20, 500),
+        ("LibreChat classic", 2_500, 4, 9_000),  # the 3rd is covered for its prompt, floored
+        ("LibreChat reservations", 10_500, 20, 1_000),
+    ],
+)
+def test_expected_credits(name: str, start: int, messages: int, credits: int) -> None:
+    assert network.expected_credits(name, start, messages) == credits
+
+
+async def test_wire_benchmark_fails_without_a_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No wire server: the benchmark stops with the reason, with no simulated fallback."""
+
+    def unavailable() -> None:
+        raise WireUnavailable("no Python 3.13+ found to run mongoeco")
+
+    monkeypatch.setattr(network, "start_wire_server", unavailable)
+    with pytest.raises(network.WireBenchmarkError, match=r"no Python 3\.13\+ found"):
+        await network.run(quick=True)
+    assert await asyncio.to_thread(main, ["--quick", "--only", "network"]) == 1
+    err = capsys.readouterr().err
+    assert "no simulated fallback" in err
+    assert "no Python 3.13+ found" in err
 
 
 # -- 4. scale --------------------------------------------------------------------------
@@ -342,10 +421,13 @@ async def test_fast_mock_answers_like_the_mock() -> None:
 
 
 def test_main_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--quick", "--json"]) == 0
+    # the network benchmark needs the wire server: only on that backend
+    chosen = [k for k in BENCHMARKS if k != "network" or backend.is_wire()]
+    assert main(["--quick", "--json", "--only", ",".join(chosen)]) == 0
     report = json.loads(capsys.readouterr().out)
     keys = [s["key"] for s in report["sections"]]
-    assert keys == ["calls", "overhead", "network", "scale", "sweep", "sweepcost"]
+    assert keys == chosen
+    assert BENCHMARKS == ("calls", "overhead", "network", "scale", "sweep", "sweepcost")
 
 
 def test_script_entry_point_prints_the_table() -> None:
