@@ -61,6 +61,7 @@ class Admin:
         *,
         actor: str,
         reason: str,
+        create: bool,
     ) -> BalanceState:
         """Set the balance to `target(record, now)`, with a row recording the difference."""
 
@@ -73,7 +74,7 @@ class Admin:
             )  # fmt: skip
             return Change(S.set_fields({S.CREDITS: after}), row)
 
-        return await self._change(what, user_id, decide, create=True)
+        return await self._change(what, user_id, decide, create=create)
 
     async def grant(
         self,
@@ -83,13 +84,17 @@ class Admin:
         actor: str,
         reason: str,
         allow_negative: bool = False,
+        create: bool = False,
     ) -> BalanceState:
         """Add `amount` credits by hand (negative: a correction), with a ledger row
         (`context: "admin"`). A correction never takes the balance below 0 unless
-        `allow_negative`; then `InsufficientCredits` is raised and nothing changes."""
+        `allow_negative`; then `InsufficientCredits` is raised and nothing changes.
+        An unknown user is `UserNotFound` (nothing written) unless `create=True`, which
+        creates the user with the policy's `start_balance` first."""
         amount = check_amount(amount, what="amount", allow_negative=True)
         actor = check_text(actor, what="actor")
         reason = check_text(reason, what="reason")
+        create = check_flag(create, what="create")
 
         def target(record: S.Record, now: datetime) -> Credits:
             after = record.state.balance + amount
@@ -100,19 +105,26 @@ class Admin:
             )
 
         return await self._set_credits(
-            "grant", L.ADMIN, user_id, target, actor=actor, reason=reason
+            "grant", L.ADMIN, user_id, target, actor=actor, reason=reason, create=create
         )
 
     async def set_balance(
-        self, user_id: object, amount: Credits, *, actor: str, reason: str
+        self, user_id: object, amount: Credits, *, actor: str, reason: str, create: bool = False
     ) -> BalanceState:
         """Set the balance to `amount`; the ledger row (`context: "setBalance"`) records
-        the difference."""
+        the difference. An unknown user is `UserNotFound` unless `create=True`."""
         amount = check_amount(amount, what="amount", allow_zero=True)
         actor = check_text(actor, what="actor")
         reason = check_text(reason, what="reason")
+        create = check_flag(create, what="create")
         return await self._set_credits(
-            "set_balance", L.SET_BALANCE, user_id, lambda r, n: amount, actor=actor, reason=reason
+            "set_balance",
+            L.SET_BALANCE,
+            user_id,
+            lambda r, n: amount,
+            actor=actor,
+            reason=reason,
+            create=create,
         )
 
     async def _set_fields(
@@ -180,15 +192,18 @@ class Admin:
             actor=actor,
         )
 
-    async def refill_now(self, user_id: object, *, actor: str, reason: str) -> BalanceState:
+    async def refill_now(
+        self, user_id: object, *, actor: str, reason: str, create: bool = False
+    ) -> BalanceState:
         """Refill immediately, ignoring the period and the threshold (not the pause's
         absence: a paused user can be refilled by hand). The ledger row has
         `context: "refillNow"`. One refill per call, even when retried after a lost reply.
         A refill that would not change the balance (a top-up already at the amount, a cap
         reached) or one while LibreChat's own refill is settling changes nothing and
-        returns `refilled=False`."""
+        returns `refilled=False`. An unknown user is `UserNotFound` unless `create=True`."""
         actor = check_text(actor, what="actor")
         reason = check_text(reason, what="reason")
+        create = check_flag(create, what="create")
         engine = self._engine
 
         def decide(record: S.Record, now: datetime, op_id: ObjectId) -> Change | None:
@@ -204,7 +219,7 @@ class Admin:
                 refilled=True,
             )
 
-        return await self._change("refill_now", user_id, decide, create=True)
+        return await self._change("refill_now", user_id, decide, create=create)
 
     async def history(self, user_id: object, limit: int = 50) -> list[LedgerRow]:
         """The user's ledger rows, newest first (at most `limit`, 1 to 1000)."""

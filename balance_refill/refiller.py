@@ -180,17 +180,25 @@ class BalanceRefiller:
         actor: str,
         reason: str,
         allow_negative: bool = False,
+        create: bool = False,
     ) -> BalanceState:
         """See `Admin.grant`."""
         return await self.admin.grant(
-            user_id, amount, actor=actor, reason=reason, allow_negative=allow_negative
+            user_id,
+            amount,
+            actor=actor,
+            reason=reason,
+            allow_negative=allow_negative,
+            create=create,
         )
 
     async def set_balance(
-        self, user_id: object, amount: Credits, *, actor: str, reason: str
+        self, user_id: object, amount: Credits, *, actor: str, reason: str, create: bool = False
     ) -> BalanceState:
         """See `Admin.set_balance`."""
-        return await self.admin.set_balance(user_id, amount, actor=actor, reason=reason)
+        return await self.admin.set_balance(
+            user_id, amount, actor=actor, reason=reason, create=create
+        )
 
     async def set_tier(
         self, user_id: object, tier: str, *, actor: str, pinned: bool | None = None
@@ -202,9 +210,11 @@ class BalanceRefiller:
         """See `Admin.set_auto_refill`."""
         return await self.admin.set_auto_refill(user_id, enabled, actor=actor)
 
-    async def refill_now(self, user_id: object, *, actor: str, reason: str) -> BalanceState:
+    async def refill_now(
+        self, user_id: object, *, actor: str, reason: str, create: bool = False
+    ) -> BalanceState:
         """See `Admin.refill_now`."""
-        return await self.admin.refill_now(user_id, actor=actor, reason=reason)
+        return await self.admin.refill_now(user_id, actor=actor, reason=reason, create=create)
 
     async def history(self, user_id: object, limit: int = 50) -> list[LedgerRow]:
         """See `Admin.history`."""

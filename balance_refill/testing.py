@@ -11,10 +11,15 @@ own, so races only show with `yield_first=True`), and can inject faults.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypeVar
+
+from ._schema import Document
+from ._store import AsyncCollection
+
+_T = TypeVar("_T")
 
 CALL_METHODS = (
     "find_one_and_update",
@@ -29,6 +34,8 @@ CALL_METHODS = (
     "create_index",
     "bulk_write",
 )
+"""The calls `RecordingCollection` counts as they are awaited (`find` and `aggregate`
+count when their cursor is first iterated)."""
 
 
 class FakeClock:
@@ -52,12 +59,13 @@ class FakeClock:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One database call as the library sent it."""
+    """One database call as the library sent it: positional and keyword arguments as
+    passed (filters, updates, pipelines, options)."""
 
     collection: str
     method: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    args: tuple[object, ...]
+    kwargs: dict[str, object]
 
 
 Fault = Callable[[Call, int], BaseException | None]
@@ -84,92 +92,143 @@ class CallLog:
         return [f"{c.collection}.{c.method}" for c in self.calls]
 
 
-class _RecordingCursor:
+def _send(method: Callable[..., _T], args: tuple[object, ...], kwargs: dict[str, object]) -> _T:
+    """Call `method` with arguments as they were recorded."""
+    return method(*args, **kwargs)
+
+
+class RecordingCursor:
     """A cursor that records (and may fail) its first round trip when iterated."""
 
     def __init__(
-        self, make: Callable[[], Any], before: Callable[[], Any], after: Callable[[], Any]
+        self,
+        make: Callable[[], object],
+        before: Callable[[], Awaitable[None]],
+        after: Callable[[], None],
     ) -> None:
         self._make = make
         self._before = before
         self._after = after
-        self._it: Any = None
+        self._it: Iterator[Document] | None = None
 
-    def __aiter__(self) -> _RecordingCursor:
+    def __aiter__(self) -> RecordingCursor:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> Document:
         if self._it is None:
             await self._before()
             cursor = self._make()
-            if asyncio.iscoroutine(cursor):
+            if asyncio.iscoroutine(cursor):  # pymongo's async aggregate
                 cursor = await cursor
-            docs = [d async for d in cursor] if hasattr(cursor, "__aiter__") else list(cursor)
+            if isinstance(cursor, AsyncIterable):
+                docs: list[Document] = [d async for d in cursor]
+            else:  # a synchronous iterator (some mocks)
+                docs = list(cursor)
             self._after()
-            self._it = _SyncIter(docs)
-        return await self._it.__anext__()
-
-    async def to_list(self, length: int | None = None) -> list[Any]:
-        return [doc async for doc in self]
-
-
-class _SyncIter:
-    def __init__(self, it: Any) -> None:
-        self._it = iter(it)
-
-    async def __anext__(self) -> Any:
+            self._it = iter(docs)
         try:
             return next(self._it)
         except StopIteration:
             raise StopAsyncIteration from None
 
+    async def to_list(self, length: int | None = None) -> list[Document]:
+        return [doc async for doc in self]
 
-class _Wrapper:
-    """A collection wrapped by a test double; other attributes pass through."""
 
-    def __init__(self, inner: Any) -> None:
+class RecordingCollection:
+    """Wraps an async collection: counts, records, optionally yields and injects faults.
+
+    It has every method of the collection API the library uses, so it goes wherever a
+    collection does; each method takes what the wrapped collection's takes and records
+    the arguments as passed. Other attributes pass through to the wrapped collection at
+    run time; typed code reaches them through `inner`.
+    """
+
+    def __init__(
+        self, inner: AsyncCollection, log: CallLog | None = None, *, yield_first: bool = False
+    ) -> None:
         self._inner = inner
+        self.log = log if log is not None else CallLog()
+        self.yield_first = yield_first
 
     @property
     def name(self) -> str:
         return str(self._inner.name)
 
     @property
-    def inner(self) -> Any:
+    def inner(self) -> AsyncCollection:
+        """The wrapped collection (calls on it are not recorded)."""
         return self._inner
 
-    def __getattr__(self, attr: str) -> Any:
+    def __getattr__(self, attr: str) -> object:
         return getattr(self._inner, attr)
 
+    # -- calls ----------------------------------------------------------------------
 
-class RecordingCollection(_Wrapper):
-    """Wraps an async collection: counts, records, optionally yields and injects faults."""
+    async def find_one_and_update(self, *args: object, **kwargs: object) -> Document | None:
+        return await self._call(
+            "find_one_and_update", self._inner.find_one_and_update, args, kwargs
+        )
 
-    def __init__(
-        self, inner: Any, log: CallLog | None = None, *, yield_first: bool = False
-    ) -> None:
-        super().__init__(inner)
-        self.log = log if log is not None else CallLog()
-        self.yield_first = yield_first
+    async def find_one(self, *args: object, **kwargs: object) -> Document | None:
+        return await self._call("find_one", self._inner.find_one, args, kwargs)
 
-    def __getattr__(self, attr: str) -> Any:
-        if attr in CALL_METHODS:
+    async def update_one(self, *args: object, **kwargs: object) -> object:
+        return await self._call("update_one", self._inner.update_one, args, kwargs)
 
-            async def call(*args: Any, **kwargs: Any) -> Any:
-                return await self._call(attr, args, kwargs)
+    async def update_many(self, *args: object, **kwargs: object) -> object:
+        return await self._call("update_many", self._inner.update_many, args, kwargs)
 
-            return call
-        return getattr(self._inner, attr)
+    async def insert_one(self, *args: object, **kwargs: object) -> object:
+        return await self._call("insert_one", self._inner.insert_one, args, kwargs)
+
+    async def insert_many(self, *args: object, **kwargs: object) -> object:
+        return await self._call("insert_many", self._inner.insert_many, args, kwargs)
+
+    async def delete_one(self, *args: object, **kwargs: object) -> object:
+        return await self._call("delete_one", self._inner.delete_one, args, kwargs)
+
+    async def delete_many(self, *args: object, **kwargs: object) -> object:
+        delete_many: Callable[..., Awaitable[object]] = getattr(self._inner, "delete_many")  # noqa: B009 - not in the protocol: the library never deletes many
+        return await self._call("delete_many", delete_many, args, kwargs)
+
+    async def count_documents(self, *args: object, **kwargs: object) -> int:
+        return await self._call("count_documents", self._inner.count_documents, args, kwargs)
+
+    async def create_index(self, *args: object, **kwargs: object) -> str:
+        return await self._call("create_index", self._inner.create_index, args, kwargs)
+
+    async def bulk_write(self, *args: object, **kwargs: object) -> object:
+        return await self._call("bulk_write", self._inner.bulk_write, args, kwargs)
+
+    def find(self, *args: object, **kwargs: object) -> RecordingCursor:
+        return self._cursor("find", lambda: _send(self._inner.find, args, kwargs), args, kwargs)
+
+    def aggregate(self, pipeline: object, *args: object, **kwargs: object) -> RecordingCursor:
+        return self._cursor(
+            "aggregate",
+            lambda: _send(self._inner.aggregate, (pipeline, *args), kwargs),
+            (pipeline, *args),
+            kwargs,
+        )
+
+    # -- recording ------------------------------------------------------------------
 
     def _record(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, method: str, args: tuple[object, ...], kwargs: dict[str, object]
     ) -> tuple[Call, int]:
         call = Call(self.name, method, args, kwargs)
         index = len(self.log.calls)
         self.log.calls.append(call)
         return call, index
 
-    async def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _call(
+        self,
+        method: str,
+        send: Callable[..., Awaitable[_T]],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> _T:
         if self.yield_first:
             await asyncio.sleep(0)
         call, index = self._record(method, args, kwargs)
@@ -177,7 +236,7 @@ class RecordingCollection(_Wrapper):
             exc = self.log.fail_before(call, index)
             if exc is not None:
                 raise exc
-        result = await getattr(self._inner, method)(*args, **kwargs)
+        result = await _send(send, args, kwargs)
         if self.log.fail_after is not None:
             exc = self.log.fail_after(call, index)
             if exc is not None:
@@ -185,8 +244,12 @@ class RecordingCollection(_Wrapper):
         return result
 
     def _cursor(
-        self, method: str, make: Callable[[], Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> _RecordingCursor:
+        self,
+        method: str,
+        make: Callable[[], object],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> RecordingCursor:
         recorded: list[tuple[Call, int]] = []
 
         async def before() -> None:
@@ -205,15 +268,4 @@ class RecordingCollection(_Wrapper):
                 if exc is not None:
                     raise exc
 
-        return _RecordingCursor(make, before, after)
-
-    def find(self, *args: Any, **kwargs: Any) -> _RecordingCursor:
-        return self._cursor("find", lambda: self._inner.find(*args, **kwargs), args, kwargs)
-
-    def aggregate(self, pipeline: Any, *args: Any, **kwargs: Any) -> _RecordingCursor:
-        return self._cursor(
-            "aggregate",
-            lambda: self._inner.aggregate(pipeline, *args, **kwargs),
-            (pipeline, *args),
-            kwargs,
-        )
+        return RecordingCursor(make, before, after)

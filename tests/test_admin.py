@@ -45,7 +45,7 @@ async def snapshot(db: Any) -> tuple[list[Any], list[Any]]:
 
 
 async def test_grant_writes_an_admin_row(admin: BalanceRefiller, db: Any, clock: FakeClock) -> None:
-    state = await admin.grant("u", 250, actor="alice", reason="support ticket 42")
+    state = await admin.grant("u", 250, actor="alice", reason="support ticket 42", create=True)
     assert state.balance == 750  # created with start_balance 500
     (row,) = await rows(db)
     assert (row["context"], row["actor"], row["reason"], row["rawAmount"], row["tokenValue"]) == (
@@ -66,7 +66,7 @@ async def test_grant_writes_an_admin_row(admin: BalanceRefiller, db: Any, clock:
 async def test_negative_grant_is_a_correction_never_below_zero(
     admin: BalanceRefiller, db: Any
 ) -> None:
-    await admin.grant("u", 100, actor="a", reason="r")
+    await admin.grant("u", 100, actor="a", reason="r", create=True)
     before = await snapshot(db)
     with pytest.raises(InsufficientCredits):
         await admin.grant("u", -601, actor="a", reason="too much")
@@ -110,7 +110,7 @@ async def test_pause_and_resume(admin: BalanceRefiller, db: Any, clock: FakeCloc
 
 async def test_refill_now_ignores_period_and_threshold(admin: BalanceRefiller, db: Any) -> None:
     await admin.ensure_balance("u")
-    state = await admin.refill_now("u", actor="a", reason="goodwill")
+    state = await admin.refill_now("u", actor="a", reason="goodwill", create=True)
     assert (state.refilled, state.balance, state.granted) == (True, 1_000, 500)
     (row,) = await rows(db, context="refillNow")
     assert (row["actor"], row["reason"], row["rawAmount"]) == ("a", "goodwill", 500)
@@ -120,7 +120,7 @@ async def test_refill_now_once_despite_lost_reply(
     admin: BalanceRefiller, db: Any, log: CallLog
 ) -> None:
     """The write landed, its reply was lost, the library retried: still one refill, one row."""
-    await admin.set_balance("u", 0, actor="a", reason="r")
+    await admin.set_balance("u", 0, actor="a", reason="r", create=True)
     seen = [0]
 
     def lose_reply(call: Call, index: int) -> BaseException | None:
@@ -139,7 +139,7 @@ async def test_refill_now_once_despite_lost_reply(
 async def test_history_newest_first(admin: BalanceRefiller, clock: FakeClock) -> None:
     for i in range(5):
         clock.advance(minutes=1)
-        await admin.grant("u", i + 1, actor="a", reason=f"r{i}")
+        await admin.grant("u", i + 1, actor="a", reason=f"r{i}", create=True)
     history = await admin.history("u", limit=3)
     assert [r["reason"] for r in history] == ["r4", "r3", "r2"]
 

@@ -36,7 +36,7 @@ def test_readme_python_blocks_run(index: int, own_clients: None) -> None:
 def test_readme_quickstart_commands() -> None:
     """The README's two quickstart commands are the ones CI and the demo use."""
     text = (ROOT / "README.md").read_text()
-    demo = "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/python -m balance_refill demo"
+    demo = "python3 -m venv .venv && .venv/bin/pip install '.[cli]' && .venv/bin/python -m balance_refill demo"
     tests = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest"
     assert demo in text
     assert tests in text

@@ -197,7 +197,7 @@ class BalanceModel(RuleBasedStateMachine):
     def grant(self, name: str, amount: float) -> None:
         u = self.get(name)
         try:
-            state = self.run(self.refiller.grant(name, amount, actor="model", reason="test"))
+            state = self.run(self.refiller.grant(name, amount, actor="model", reason="test", create=True))
         except InsufficientCredits:
             assert u.balance + amount < 0
             return
@@ -211,7 +211,7 @@ class BalanceModel(RuleBasedStateMachine):
         changes = level(TIERS.tiers[u.tier], u.balance) != u.balance
         if changes:  # a refill that would add nothing writes nothing and keeps the period
             self.refill(u)
-        state = self.run(self.refiller.refill_now(name, actor="model", reason="test"))
+        state = self.run(self.refiller.refill_now(name, actor="model", reason="test", create=True))
         assert state.refilled == changes
         assert state.balance == u.balance
 
