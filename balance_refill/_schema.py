@@ -289,6 +289,11 @@ def due_by(cutoff: datetime) -> Update:
     return {LAST_REFILL: {"$not": {"$gt": cutoff}}}
 
 
+def refilled_after(cutoff: datetime) -> Update:
+    """The complement of `due_by(cutoff)`: refilled after `cutoff` (an index range)."""
+    return {LAST_REFILL: {"$gt": cutoff}}
+
+
 NOT_PAUSED: Update = {PAUSED: {"$ne": True}}
 IS_PAUSED: Update = {PAUSED: True}
 

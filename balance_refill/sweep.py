@@ -53,7 +53,13 @@ LEASE_TTL = timedelta(minutes=5)
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
-    """What a sweep did (or, with `dry_run`, would do)."""
+    """What a sweep did (or, with `dry_run`, would do).
+
+    The report adds up: `scanned == refilled + sum(skipped.values()) + errors`. `scanned`
+    counts every balance document the sweep accounted for: the candidates it read (at
+    most `limit`) and the users it counted on the server without reading them (not yet
+    due, paused, inactive, above the threshold). `read` is the candidates read.
+    """
 
     scanned: int
     refilled: int
@@ -66,6 +72,7 @@ class SweepReport:
     dry_run: bool = False
     settled_pending: int = 0
     batches: int = 0
+    read: int = 0
 
     @property
     def ok(self) -> bool:
@@ -84,12 +91,14 @@ class SweepReport:
             "dry_run": self.dry_run,
             "settled_pending": self.settled_pending,
             "batches": self.batches,
+            "read": self.read,
         }
 
 
 @dataclass
 class _Tally:
-    scanned: int = 0
+    scanned: int = 0  # candidates read
+    counted: int = 0  # users counted on the server without being read
     refilled: int = 0
     granted: Credits = 0
     errors: int = 0
@@ -141,9 +150,12 @@ class Sweep:
 
     # -- the queries ------------------------------------------------------------------
 
+    def _cutoff(self, now: datetime) -> datetime:
+        return max(due_cutoff(p.period, now) for p in self.tiers.tiers.values())
+
     def _time_due(self, now: datetime) -> S.Update:
         """lastRefill old enough to be due in at least one tier, or missing."""
-        return S.due_by(max(due_cutoff(p.period, now) for p in self.tiers.tiers.values()))
+        return S.due_by(self._cutoff(now))
 
     def _top(self) -> int:
         return max(p.effective_threshold for p in self.tiers.tiers.values())
@@ -156,21 +168,25 @@ class Sweep:
         return {"$and": clauses}
 
     async def _count_skips(self, now: datetime, tally: _Tally) -> None:
-        """Count, on the server, the time-due users the candidate query leaves out."""
+        """Count, on the server, the users the candidate query leaves out: those refilled
+        too recently to be due in any tier, and the time-due ones paused, inactive or
+        surely above the threshold."""
         base = self._time_due(now)
-        count = self.store.count
         balances = self.store.balances
-        tally.skipped["paused"] += await count(balances, {"$and": [base, S.IS_PAUSED]})
+
+        async def skip(reason: str, query: S.Update) -> None:
+            n = await self.store.count(balances, query)
+            tally.skipped[reason] += n
+            tally.counted += n
+
+        await skip("not_due", S.refilled_after(self._cutoff(now)))
+        await skip("paused", {"$and": [base, S.IS_PAUSED]})
         rest = [base, S.NOT_PAUSED]
         if self.window is not None:
             since = now - self.window
-            tally.skipped["inactive"] += await count(
-                balances, {"$and": [*rest, S.unseen_since(since)]}
-            )
+            await skip("inactive", {"$and": [*rest, S.unseen_since(since)]})
             rest.append(S.seen_since(since))
-        tally.skipped["above_threshold"] += await count(
-            balances, {"$and": [*rest, S.surely_above(self._top())]}
-        )
+        await skip("above_threshold", {"$and": [*rest, S.surely_above(self._top())]})
 
     # -- the run ----------------------------------------------------------------------
 
@@ -201,7 +217,7 @@ class Sweep:
             if lease is not None:
                 await lease.release()
         return SweepReport(
-            scanned=tally.scanned,
+            scanned=tally.scanned + tally.counted,
             refilled=tally.refilled,
             granted=tally.granted,
             skipped={reason: tally.skipped[reason] for reason in SKIP_REASONS},
@@ -212,6 +228,7 @@ class Sweep:
             dry_run=self.dry_run,
             settled_pending=settled,
             batches=tally.batches,
+            read=tally.scanned,
         )
 
     async def _batches(self, now: datetime, tally: _Tally, total: int, lease: Lease | None) -> None:

@@ -11,7 +11,7 @@ own, so races only show with `yield_first=True`), and can inject faults.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -65,7 +65,7 @@ class Call:
     collection: str
     method: str
     args: tuple[object, ...]
-    kwargs: dict[str, object]
+    kwargs: Mapping[str, object]
 
 
 Fault = Callable[[Call, int], BaseException | None]
@@ -122,8 +122,10 @@ class RecordingCursor:
                 cursor = await cursor
             if isinstance(cursor, AsyncIterable):
                 docs: list[Document] = [d async for d in cursor]
-            else:  # a synchronous iterator (some mocks)
+            elif isinstance(cursor, Iterable):  # a synchronous iterator (some mocks)
                 docs = list(cursor)
+            else:
+                raise TypeError(f"{type(cursor).__name__} object is not a cursor")
             self._after()
             self._it = iter(docs)
         try:

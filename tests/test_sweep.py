@@ -111,7 +111,7 @@ async def test_skip_reasons(sweeper: BalanceRefiller, db: Any, clock: FakeClock)
     assert report.refilled == 1
     assert dict(report.skipped) == {
         "inactive": 2,
-        "not_due": 0,
+        "not_due": 1,  # "recent", counted on the server
         "paused": 1,
         "above_threshold": 1,
         "raced": 0,
@@ -141,7 +141,8 @@ async def test_calls_grow_with_due_users_not_all_users(
     log.reset()
     report = await sweeper.sweep(batch_size=10)
     quiet_calls = log.count
-    assert (report.scanned, report.refilled) == (0, 0)
+    assert (report.scanned, report.read, report.refilled) == (500, 0, 0)
+    assert report.skipped["not_due"] == 500
     await db["balances"].insert_many(
         [
             {"user": f"d{i}", "tokenCredits": 0, "lastRefill": clock() - timedelta(days=31)}
@@ -152,7 +153,8 @@ async def test_calls_grow_with_due_users_not_all_users(
     report = await sweeper.sweep(batch_size=10)
     assert report.refilled == 45
     finds = [c for c in log.calls if c.method == "find" and c.collection == "balances"]
-    assert all(0 < c.kwargs["limit"] <= 10 for c in finds)
+    limits = [c.kwargs["limit"] for c in finds]
+    assert all(isinstance(n, int) and 0 < n <= 10 for n in limits), limits
     assert report.batches == 5
     per_batch = {
         m: sum(1 for c in log.calls if c.method == m and c.collection != "leases")
@@ -242,7 +244,7 @@ async def test_bad_arguments(sweeper: BalanceRefiller) -> None:
 
 
 async def test_sweep_racing_lazy_refills_never_double_refills(
-    db: Any, clock: FakeClock, make_racing: Any
+    db: Any, clock: FakeClock, make_racing: Make
 ) -> None:
     """Interleaved sweep and lazy calls (every call yields first; bulk requests interleave)."""
     refiller = make_racing(POLICY)
@@ -263,9 +265,12 @@ async def test_sweep_racing_lazy_refills_never_double_refills(
         assert doc["tokenCredits"] == 1_000 - (1 if doc["user"] in users[::2] else 0)
 
 
-async def test_two_sweeps_at_once(db: Any, make_racing: Any) -> None:
+async def test_two_sweeps_at_once(db: Any, make_racing: Make) -> None:
     """Two sweeps started together: one runs, the other reports the lease holder."""
-    make = lambda: make_racing(POLICY)  # noqa: E731 - a tiny local factory
+
+    def make() -> BalanceRefiller:
+        return make_racing(POLICY)
+
     await db["balances"].insert_many([{"user": f"x{i}", "tokenCredits": 0} for i in range(30)])
     results = await asyncio.gather(
         make().sweep(batch_size=5), make().sweep(batch_size=5), return_exceptions=True
@@ -354,3 +359,23 @@ async def test_lease_lost_mid_sweep_stops(make_refiller: Make, db: Any) -> None:
     with pytest.raises(SweepLocked):
         await sweeper.sweep(batch_size=5)
     assert await db["transactions"].count_documents({}) == 5  # the first batch completed
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_report_adds_up(
+    make_refiller: Make, db: Any, clock: FakeClock, dry_run: bool
+) -> None:
+    """scanned = refilled + every skipped reason + errors, dry run too; users not yet due
+    are counted as not_due, not left out."""
+    sweeper = make_refiller(policy=RefillPolicy(amount=1_000, interval="30d"), leases=db["leases"])
+    old, recent = clock() - timedelta(days=40), clock() - timedelta(days=2)
+    await db["balances"].insert_many(
+        [{"user": f"due{i}", "tokenCredits": 0, "lastRefill": old} for i in range(7)]
+        + [{"user": f"new{i}", "tokenCredits": 0, "lastRefill": recent} for i in range(11)]
+        + [{"user": f"rich{i}", "tokenCredits": 5_000, "lastRefill": old} for i in range(3)]
+        + [{"user": "paused", "tokenCredits": 0, "lastRefill": old, "refillPaused": True}]
+    )
+    report = await sweeper.sweep(dry_run=dry_run, batch_size=4)
+    assert report.scanned == 22 == report.refilled + sum(report.skipped.values()) + report.errors
+    assert (report.refilled, report.skipped["not_due"], report.skipped["paused"]) == (7, 11, 1)
+    assert report.skipped["above_threshold"] == 3
