@@ -159,8 +159,12 @@ def pytest_sessionfinish() -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Report the backend, and the size of the fault matrix and of the bad-input table."""
-    from tests import test_faults, test_hostile
+    """Report the backend, and one line for each suite that claims a size: the model test,
+    the fault matrix, the bad-input table and the query lint."""
+    from tests import test_faults, test_hostile, test_model, test_querylint
+
+    def failed(path: str) -> int:
+        return sum(1 for r in terminalreporter.stats.get("failed", []) if path in r.nodeid)
 
     terminalreporter.write_line(f"backend: {backend.describe()}")
     if backend.is_wire():
@@ -175,6 +179,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"fault matrix: {total} cases over {len(test_faults.MATRIX)} operations "
             f"(every call position x before/after x 3 error types), "
             f"{len(test_faults.VIOLATIONS)} violations"
+        )
+    if test_model.RUNS["examples"]:
+        terminalreporter.write_line(
+            f"model test: {test_model.RUNS['examples']} examples of up to 12 steps "
+            f"(profile {os.environ.get('HYPOTHESIS_PROFILE', 'dev')}), "
+            f"{failed('tests/test_model.py')} violations"
+        )
+    if test_querylint.LINTED:
+        terminalreporter.write_line(
+            f"query lint: {sum(test_querylint.LINTED)} calls of {len(test_querylint.LINTED)} "
+            f"scenarios checked, {len(test_querylint.PROBLEMS)} problems"
         )
     if test_hostile.PASSED:
         terminalreporter.write_line(

@@ -81,9 +81,14 @@ def level(policy: RefillPolicy, before: float) -> float:
     return target
 
 
+RUNS = {"examples": 0}
+"""Examples the model test ran, for the run's summary line (tests/conftest.py)."""
+
+
 class BalanceModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        RUNS["examples"] += 1
         self.loop = asyncio.new_event_loop()
         self.database = backend.database("model")  # a fresh one per example
         self.db = self.run(self.database.__aenter__())
@@ -108,7 +113,7 @@ class BalanceModel(RuleBasedStateMachine):
 
     # -- the model's decisions ------------------------------------------------------
 
-    def due(self, u: ModelUser, needed: int) -> bool:
+    def due(self, u: ModelUser, needed: float) -> bool:
         period = TIERS.tiers[u.refill_tier or u.tier].period
         if not u.auto or next_refill_at(period, u.last_refill) > self.clock():
             return False
@@ -197,7 +202,9 @@ class BalanceModel(RuleBasedStateMachine):
     def grant(self, name: str, amount: float) -> None:
         u = self.get(name)
         try:
-            state = self.run(self.refiller.grant(name, amount, actor="model", reason="test", create=True))
+            state = self.run(
+                self.refiller.grant(name, amount, actor="model", reason="test", create=True)
+            )
         except InsufficientCredits:
             assert u.balance + amount < 0
             return

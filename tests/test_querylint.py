@@ -14,6 +14,10 @@ from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
 
 from .querylint import lint
 
+LINTED: list[int] = []
+"""Calls linted per scenario, for the run's summary line (tests/conftest.py)."""
+PROBLEMS: list[tuple[str, str]] = []
+
 
 async def exercise(refiller: BalanceRefiller, db: Any, clock: FakeClock) -> None:
     """Drive every operation through its branches."""
@@ -34,7 +38,9 @@ async def exercise(refiller: BalanceRefiller, db: Any, clock: FakeClock) -> None
     await refiller.set_balance("first", 50, actor="a", reason="r")
     await refiller.set_auto_refill("first", False, actor="a")
     await refiller.set_auto_refill("first", True, actor="a")
-    await refiller.set_tier("first", as_tiered(refiller.policy).default_tier, actor="a", pinned=True)
+    await refiller.set_tier(
+        "first", as_tiered(refiller.policy).default_tier, actor="a", pinned=True
+    )
     await refiller.refill_now("first", actor="a", reason="r")
     await refiller.get_state("first")
     await refiller.history("first")
@@ -63,6 +69,8 @@ async def test_every_call_passes_the_lint(
     await exercise(refiller, db, clock)
     assert log.count > 10
     problems = {(c.method, p) for c in log.calls for p in lint(c)}
+    LINTED.append(len(log.calls))
+    PROBLEMS.extend(sorted(problems))
     assert problems == set()
     # The ledger is insert-only: no update or delete ever reaches it.
     ledger_methods = {c.method for c in log.calls if c.collection == "transactions"}
