@@ -6,6 +6,7 @@ submodule `balance_refill.periods`; test helpers in `balance_refill.testing`.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._validate import UserId
 from .errors import (
     BalanceRefillError,
     ConfigurationError,
@@ -52,6 +53,7 @@ __all__ = [
     "TierRule",
     "TieredPolicy",
     "UnknownTier",
+    "UserId",
     "UserNotFound",
     "__version__",
     "load_policy_file",

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
 
 from bson import ObjectId
 
 from . import _ledger as L
 from . import _schema as S
 from ._engine import Change, Engine
-from ._validate import Credits, check_amount, check_flag, check_limit, check_text, describe
+from ._validate import (
+    Credits,
+    UserId,
+    check_amount,
+    check_flag,
+    check_limit,
+    check_text,
+    describe,
+)
 from .decide import assigned_tier, period_tier, plan_refill
 from .errors import ConfigurationError, UnknownTier
 from .state import BalanceState
 
-LedgerRow = dict[str, Any]
+LedgerRow = dict[str, object]
 """A ledger row as stored (LibreChat's transaction shape plus our fields)."""
 
 
@@ -35,7 +42,7 @@ class Admin:
     async def _change(
         self,
         what: str,
-        user_id: object,
+        user_id: UserId,
         decide: Callable[[S.Record, datetime, ObjectId], Change | None],
         *,
         create: bool,
@@ -56,7 +63,7 @@ class Admin:
         self,
         what: str,
         context: str,
-        user_id: object,
+        user_id: UserId,
         target: Callable[[S.Record, datetime], Credits],
         *,
         actor: str,
@@ -78,7 +85,7 @@ class Admin:
 
     async def grant(
         self,
-        user_id: object,
+        user_id: UserId,
         amount: Credits,
         *,
         actor: str,
@@ -109,7 +116,7 @@ class Admin:
         )
 
     async def set_balance(
-        self, user_id: object, amount: Credits, *, actor: str, reason: str, create: bool = False
+        self, user_id: UserId, amount: Credits, *, actor: str, reason: str, create: bool = False
     ) -> BalanceState:
         """Set the balance to `amount`; the ledger row (`context: "setBalance"`) records
         the difference. An unknown user is `UserNotFound` unless `create=True`."""
@@ -131,7 +138,7 @@ class Admin:
         self,
         what: str,
         context: str,
-        user_id: object,
+        user_id: UserId,
         fields: Callable[[S.Record], tuple[Mapping[str, object], Mapping[str, object]]],
         *,
         actor: str,
@@ -151,7 +158,7 @@ class Admin:
         return await self._change(what, user_id, decide, create=False)
 
     async def set_tier(
-        self, user_id: object, tier: str, *, actor: str, pinned: bool | None = None
+        self, user_id: UserId, tier: str, *, actor: str, pinned: bool | None = None
     ) -> BalanceState:
         """Assign `tier` (it takes effect at the user's next refill: the current period
         keeps the period of the tier it started under). `pinned=True` keeps activity
@@ -179,7 +186,7 @@ class Admin:
 
         return await self._set_fields("set_tier", L.SET_TIER, user_id, fields, actor=actor)
 
-    async def set_auto_refill(self, user_id: object, enabled: bool, *, actor: str) -> BalanceState:
+    async def set_auto_refill(self, user_id: UserId, enabled: bool, *, actor: str) -> BalanceState:
         """Pause (`False`) or resume (`True`) automatic refills for one user (the
         library's own `refillPaused` field; LibreChat's `autoRefillEnabled` stays false)."""
         enabled = check_flag(enabled, what="enabled")
@@ -193,7 +200,7 @@ class Admin:
         )
 
     async def refill_now(
-        self, user_id: object, *, actor: str, reason: str, create: bool = False
+        self, user_id: UserId, *, actor: str, reason: str, create: bool = False
     ) -> BalanceState:
         """Refill immediately, ignoring the period and the threshold (not the pause's
         absence: a paused user can be refilled by hand). The ledger row has
@@ -221,7 +228,7 @@ class Admin:
 
         return await self._change("refill_now", user_id, decide, create=create)
 
-    async def history(self, user_id: object, limit: int = 50) -> list[LedgerRow]:
+    async def history(self, user_id: UserId, limit: int = 50) -> list[LedgerRow]:
         """The user's ledger rows, newest first (at most `limit`, 1 to 1000)."""
         engine = self._engine
         user = engine.user(user_id)

@@ -17,7 +17,7 @@ from bson import ObjectId
 from . import _schema as S
 from ._engine import Change, Clock, Engine
 from ._store import AsyncCollection, Store
-from ._validate import Credits, UserIdMode, check_amount, check_limit, check_text
+from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, check_text
 from .admin import Admin, LedgerRow
 from .decide import (
     SpendOutcome,
@@ -74,7 +74,7 @@ class BalanceRefiller:
 
     # -- the hot path ---------------------------------------------------------------------
 
-    async def ensure_balance(self, user_id: object, needed: Credits = 0) -> BalanceState:
+    async def ensure_balance(self, user_id: UserId, needed: Credits = 0) -> BalanceState:
         """Refill `user_id` if due, and return the state afterwards.
 
         Refills if and only if auto refill is on for the user, the period has elapsed,
@@ -104,7 +104,7 @@ class BalanceRefiller:
         return engine.state(done.record, now, done.change)
 
     async def spend(
-        self, user_id: object, amount: Credits, *, request_id: str | None = None
+        self, user_id: UserId, amount: Credits, *, request_id: str | None = None
     ) -> BalanceState:
         """Deduct `amount` atomically if the available balance covers it.
 
@@ -163,7 +163,7 @@ class BalanceRefiller:
             raise engine.refused(done.record, amount, now)
         return engine.state(done.record, now, done.change)
 
-    async def get_state(self, user_id: object) -> BalanceState:
+    async def get_state(self, user_id: UserId) -> BalanceState:
         """The user's state, read only: creates nothing, changes nothing (one call)."""
         engine = self._engine
         user = engine.user(user_id)
@@ -174,7 +174,7 @@ class BalanceRefiller:
 
     async def grant(
         self,
-        user_id: object,
+        user_id: UserId,
         amount: Credits,
         *,
         actor: str,
@@ -193,7 +193,7 @@ class BalanceRefiller:
         )
 
     async def set_balance(
-        self, user_id: object, amount: Credits, *, actor: str, reason: str, create: bool = False
+        self, user_id: UserId, amount: Credits, *, actor: str, reason: str, create: bool = False
     ) -> BalanceState:
         """See `Admin.set_balance`."""
         return await self.admin.set_balance(
@@ -201,22 +201,22 @@ class BalanceRefiller:
         )
 
     async def set_tier(
-        self, user_id: object, tier: str, *, actor: str, pinned: bool | None = None
+        self, user_id: UserId, tier: str, *, actor: str, pinned: bool | None = None
     ) -> BalanceState:
         """See `Admin.set_tier`."""
         return await self.admin.set_tier(user_id, tier, actor=actor, pinned=pinned)
 
-    async def set_auto_refill(self, user_id: object, enabled: bool, *, actor: str) -> BalanceState:
+    async def set_auto_refill(self, user_id: UserId, enabled: bool, *, actor: str) -> BalanceState:
         """See `Admin.set_auto_refill`."""
         return await self.admin.set_auto_refill(user_id, enabled, actor=actor)
 
     async def refill_now(
-        self, user_id: object, *, actor: str, reason: str, create: bool = False
+        self, user_id: UserId, *, actor: str, reason: str, create: bool = False
     ) -> BalanceState:
         """See `Admin.refill_now`."""
         return await self.admin.refill_now(user_id, actor=actor, reason=reason, create=create)
 
-    async def history(self, user_id: object, limit: int = 50) -> list[LedgerRow]:
+    async def history(self, user_id: UserId, limit: int = 50) -> list[LedgerRow]:
         """See `Admin.history`."""
         return await self.admin.history(user_id, limit)
 

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from balance_refill.testing import Call
@@ -137,7 +137,8 @@ def _lint_update(update: Any, upsert: bool) -> list[str]:
 
 def _lint_write(call: Call) -> list[str]:
     upsert = bool(call.kwargs.get("upsert"))
-    filter_, update = call.args[0], call.args[1]
+    filter_: Any = call.args[0]  # documents as sent: any shape
+    update: Any = call.args[1]
     problems = _lint_filter(filter_) + _lint_update(update, upsert)
     if upsert:
         if "$expr" in set(_keys(filter_)):
@@ -154,15 +155,16 @@ def _lint_write(call: Call) -> list[str]:
 
 
 def _lint_insert(call: Call) -> list[str]:
-    docs = call.args[0] if call.method == "insert_many" else [call.args[0]]
+    docs: Any = call.args[0] if call.method == "insert_many" else [call.args[0]]
     bad = [k for doc in docs for k in _keys(doc) if k.startswith("$")]
     return [f"inserted document has operator-like keys {bad}"] if bad else []
 
 
 def _lint_aggregate(call: Call) -> list[str]:
+    pipeline: Any = call.args[0]
     return [
         f"aggregate stage {name} is not allowed"
-        for stage in call.args[0]
+        for stage in pipeline
         for name in stage
         if name not in AGGREGATE_STAGES
     ]
@@ -176,7 +178,8 @@ def _lint_bulk(call: Call) -> list[str]:
     from pymongo import InsertOne, UpdateOne
 
     problems = []
-    for request in call.args[0]:
+    requests: Any = call.args[0]
+    for request in requests:
         if isinstance(request, UpdateOne):
             upsert = {"upsert": True} if request._upsert else {}
             problems += _lint_write(
@@ -189,7 +192,7 @@ def _lint_bulk(call: Call) -> list[str]:
     return problems
 
 
-LINTERS = {
+LINTERS: dict[str, Callable[[Call], list[str]]] = {
     "bulk_write": _lint_bulk,
     "find_one_and_update": _lint_write,
     "update_one": _lint_write,

@@ -205,7 +205,7 @@ async def test_bad_admin_input_writes_nothing(
     assert await snapshot(db) == before
 
 
-async def test_concurrent_grants_each_applied_once(db: Any, make_racing: Any) -> None:
+async def test_concurrent_grants_each_applied_once(db: Any, make_racing: Make) -> None:
     """100 racing grants: +100 credits, 100 rows."""
     refiller = make_racing(TIERS)
     await refiller.ensure_balance("u")
@@ -218,7 +218,7 @@ async def test_concurrent_grants_each_applied_once(db: Any, make_racing: Any) ->
 
 
 async def test_every_admin_operation_racing_the_hot_path(
-    db: Any, clock: FakeClock, make_racing: Any
+    db: Any, clock: FakeClock, make_racing: Make
 ) -> None:
     """All admin operations interleaved with lazy refills and spends: each call lands
     once, and the ledger accounts for every credit that did not go to a spend."""

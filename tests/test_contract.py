@@ -168,11 +168,23 @@ async def test_sweep_candidates_are_read_from_an_index(
     server_db: Any, server_clock: FakeClock
 ) -> None:
     """The sweep's candidate query is answered from an index."""
+    from balance_refill._engine import Engine
     from balance_refill.sweep import LEASE_TTL, Sweep
 
-    refiller = await seed_half_due(server_db, server_clock)
+    await seed_half_due(server_db, server_clock)
+    engine = Engine(
+        server_db["balances"],
+        RefillPolicy(amount=10_000, interval="30d", start_balance=20_000),
+        ledger=None,
+        leases=None,
+        clock=server_clock,
+        max_attempts=1,
+        retry_attempts=1,
+        retry_delay=0,
+        user_ids="auto",
+    )
     query = Sweep(
-        refiller,
+        engine,
         active_within=None,
         batch_size=7,
         dry_run=False,

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
 
-from balance_refill import BalanceRefiller, InsufficientCredits, StorageError
+from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy, StorageError
 from balance_refill.testing import Call, CallLog, FakeClock
 
 Make = Callable[..., BalanceRefiller]
 
 
 @pytest.fixture
-def racing(make_racing: Any, policy: Any) -> BalanceRefiller:
+def racing(make_racing: Make, policy: RefillPolicy) -> BalanceRefiller:
     """A refiller whose every call yields to the event loop first, so gathered calls interleave."""
     return make_racing(policy)
 

@@ -78,7 +78,7 @@ async def test_a_reset_that_lowers_is_still_made_by_hand(
 async def test_sweep_on_plain_mongomock_collections(clock: FakeClock) -> None:
     """The README's own setup, with no wrapper: the sweep refills (mongomock's bulk_write
     refuses UpdateOne under pymongo >= 4.11; the store sends those one by one)."""
-    client = AsyncMongoMockClient(tz_aware=True)
+    client: Any = AsyncMongoMockClient(tz_aware=True)
     db = client["LibreChat"]
     refiller = BalanceRefiller(
         db["balances"],
@@ -113,7 +113,7 @@ class Broken:
 
 async def test_unexpected_collection_errors_surface_as_storage_error(clock: FakeClock) -> None:
     """A TypeError from a collection is a StorageError naming the call, chained."""
-    refiller = BalanceRefiller(Broken(), RefillPolicy(amount=100, interval="30d"), clock=clock)  # type: ignore[arg-type]  # deliberately not a collection
+    refiller = BalanceRefiller(Broken(), RefillPolicy(amount=100, interval="30d"), clock=clock)
     with pytest.raises(StorageError, match="read-or-create balance failed: TypeError") as info:
         await refiller.ensure_balance("u")
     assert isinstance(info.value.__cause__, TypeError)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from balance_refill.periods import (
     Calendar,
+    CalendarUnit,
     Interval,
     add_months,
     as_utc,
@@ -21,8 +22,8 @@ from balance_refill.periods import (
 )
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -155,10 +156,10 @@ def test_due_matches_next_refill_and_cutoff(
 )
 @settings(max_examples=300)
 def test_calendar_refills_once_per_period_never_skipping(
-    unit: str, tz: str, start: datetime, steps: list[int]
+    unit: CalendarUnit, tz: str, start: datetime, steps: list[int]
 ) -> None:
     """Checks at increasing times refill exactly once in each calendar period they visit."""
-    cal = Calendar(unit, tz)  # type: ignore[arg-type]
+    cal = Calendar(unit, tz)
     last: datetime | None = None
     refilled_periods: list[datetime] = []
     visited: set[datetime] = set()

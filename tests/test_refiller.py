@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,13 @@ async def seed(coll: RecordingCollection, **fields: Any) -> Any:
     doc = {"user": "u1", "tokenCredits": 0, "autoRefillEnabled": True, **fields}
     result = await coll.inner.insert_one(doc)
     return result.inserted_id
+
+
+async def stored(coll: RecordingCollection, query: dict[str, Any]) -> Mapping[str, Any]:
+    """The document matching `query`, read directly, bypassing the recorder."""
+    doc = await coll.inner.find_one(query)
+    assert doc is not None, f"no document matches {query}"
+    return doc
 
 
 async def test_first_seen_user_created_in_one_call(
@@ -66,7 +73,7 @@ async def test_refill_budget_and_ledger_row(
     assert log.count <= 4
     assert (state.balance, state.refilled, state.granted) == (10_000, True, 8_500)
     assert state.last_refill == clock()
-    rows = [r async for r in ledger.inner.find()]
+    rows = [r async for r in ledger.inner.find({})]
     assert len(rows) == 1
     row = rows[0]
     assert row["user"] == "u1"
@@ -78,7 +85,7 @@ async def test_refill_budget_and_ledger_row(
     )
     assert (row["balanceBefore"], row["balanceAfter"], row["mode"]) == (1_500, 10_000, "top_up")
     assert row["createdAt"] == clock()
-    doc = await balances.inner.find_one({"user": "u1"})
+    doc = await stored(balances, {"user": "u1"})
     assert "pendingLedger" not in doc
     assert doc["lastRefill"] == clock()
 
@@ -229,7 +236,7 @@ async def test_objectid_user_and_duplicates_use_oldest(
         await refiller.spend(user, 5)
     assert (await refiller.spend(user, 3)).balance == 0
     assert await balances.inner.count_documents({"user": user}) == 2
-    assert (await balances.inner.find_one({"_id": new}))["tokenCredits"] == 9_999
+    assert (await stored(balances, {"_id": new}))["tokenCredits"] == 9_999
 
 
 async def test_ensure_indexes_reports_duplicates_by_user(
@@ -251,7 +258,7 @@ async def test_spend_covered_is_one_call(
     state = await refiller.spend("u1", 40)
     assert log.count == 1
     assert (state.balance, state.spent_since_refill) == (60, 40)
-    assert (await balances.inner.find_one({"user": "u1"}))["tokenCredits"] == 60
+    assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 60
 
 
 async def test_spend_insufficient_changes_nothing(
@@ -262,12 +269,12 @@ async def test_spend_insufficient_changes_nothing(
 ) -> None:
     """Not covered and not due: InsufficientCredits with balance and next refill time."""
     await seed(balances, tokenCredits=10, lastRefill=clock() - timedelta(days=1))
-    before = await balances.inner.find_one({"user": "u1"})
+    before = await stored(balances, {"user": "u1"})
     with pytest.raises(InsufficientCredits) as info:
         await refiller.spend("u1", 11)
     assert info.value.balance == 10
     assert info.value.next_refill_at == clock() + timedelta(days=29)
-    after = await balances.inner.find_one({"user": "u1"})
+    after = await stored(balances, {"user": "u1"})
     assert after["tokenCredits"] == before["tokenCredits"]
     assert after.get("spentSinceRefill", 0) == before.get("spentSinceRefill", 0)
     assert await ledger.inner.count_documents({}) == 0
@@ -302,7 +309,7 @@ async def test_spend_refill_that_still_does_not_cover(
     with pytest.raises(InsufficientCredits) as info:
         await refiller.spend("u1", 50_000)
     assert info.value.balance == 10_000
-    assert (await balances.inner.find_one({"user": "u1"}))["tokenCredits"] == 10_000
+    assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 10_000
 
 
 async def test_spend_request_id_is_idempotent(
@@ -411,7 +418,7 @@ async def test_new_document_id_is_the_user_id(
     """New documents get _id = user id, so racing inserts collide on the _id index."""
     user = ObjectId()
     await refiller.ensure_balance(user)
-    doc = await balances.inner.find_one({"user": user})
+    doc = await stored(balances, {"user": user})
     assert doc["_id"] == user
     assert (doc["refillAmount"], doc["refillIntervalValue"], doc["refillIntervalUnit"]) == (
         10_000,

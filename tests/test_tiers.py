@@ -259,7 +259,7 @@ async def test_refill_with_promotion_within_budget(
 
 
 async def test_concurrent_refills_with_promotion_once(
-    db: Any, clock: FakeClock, make_racing: Any
+    db: Any, clock: FakeClock, make_racing: Make
 ) -> None:
     """Racing calls on a user due for a promotion: one refill, one tier change."""
     refiller = make_racing(TIERS)
@@ -272,7 +272,7 @@ async def test_concurrent_refills_with_promotion_once(
     assert (final["tier"], final["tokenCredits"]) == ("heavy", 5_000 - 100)
 
 
-async def test_concurrent_set_tier_and_refill(db: Any, clock: FakeClock, make_racing: Any) -> None:
+async def test_concurrent_set_tier_and_refill(db: Any, clock: FakeClock, make_racing: Make) -> None:
     """An admin's tier change racing a refill never yields two refills."""
     refiller = make_racing(TIERS)
     await db["balances"].insert_one(

@@ -1,8 +1,15 @@
-"""Exercises the public API under mypy --strict (never run, only type-checked)."""
+"""Exercises the public API under mypy --strict (never run, only type-checked).
+
+`assert_type` fails if a type degrades (to `Any`, say). Each `# type: ignore[code]` here
+marks a call that must be refused; mypy's `warn_unused_ignores` (on under `strict`)
+fails the check if it is ever accepted.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, assert_type
 
 from bson import ObjectId
 from pymongo import AsyncMongoClient
@@ -17,7 +24,11 @@ from balance_refill import (
     SweepReport,
     TieredPolicy,
     TierRule,
+    __version__,
 )
+from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
+
+POLICY = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
 
 
 async def typed_usage() -> None:
@@ -25,7 +36,6 @@ async def typed_usage() -> None:
         "mongodb://localhost", tz_aware=True
     )
     db = client["LibreChat"]
-    policy = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
     monthly = RefillPolicy(
         amount=5,
         calendar="month",
@@ -34,7 +44,7 @@ async def typed_usage() -> None:
     )
     rule = TierRule(from_tier="regular", to_tier="heavy", min_usage=0.8, periods=2, of_last=3)
     tiers = TieredPolicy(
-        tiers={"regular": policy, "heavy": monthly}, default_tier="regular", rules=(rule,)
+        tiers={"regular": POLICY, "heavy": monthly}, default_tier="regular", rules=(rule,)
     )
     refiller = BalanceRefiller(
         db["balances"], tiers, ledger=db["transactions"], clock=lambda: datetime.now(UTC)
@@ -51,8 +61,134 @@ async def typed_usage() -> None:
         raise
     del when
     await refiller.flush_pending()
-    report: SweepReport = await refiller.sweep(active_within="30d", dry_run=True)
-    scanned: int = report.scanned
-    del scanned
     await refiller.grant("user-1", 5, actor="ops", reason="typing")
     await refiller.set_tier("user-1", "heavy", actor="ops", pinned=True)
+    assert_type(__version__, str)
+
+
+async def the_driver_fits_the_collection_protocol() -> None:
+    """pymongo's own collection, untouched, is what the protocol describes. (pymongo
+    wants its client's document type stated under mypy: unannotated, it is `Never`.)"""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient("mongodb://localhost")
+    refiller = BalanceRefiller(client["LibreChat"]["balances"], POLICY)
+    assert_type(await refiller.get_state(ObjectId()), BalanceState)
+    database = client["LibreChat"]
+    BalanceRefiller(
+        database["balances"],
+        POLICY,
+        ledger=database["transactions"],
+        leases=database["balance_refill_leases"],
+        user_ids="objectid",
+    )
+
+
+async def state_fields(refiller: BalanceRefiller) -> None:
+    state = await refiller.ensure_balance("65f0c0ffee0123456789abcd")
+    assert_type(state.user_id, str | int | ObjectId)  # the id as stored, never Any
+    user: str | int | ObjectId = state.user_id
+    again = await refiller.get_state(user)  # the stored id is accepted back
+    credits: int | float = again.balance + again.granted + again.spent_since_refill
+    flags: tuple[bool, bool, bool] = (again.refilled, again.auto_refill, again.pinned)
+    seen: datetime | None = again.last_seen or again.last_refill
+    tier: str = again.tier
+    del credits, flags, seen, tier
+
+
+async def admin_operations(refiller: BalanceRefiller) -> None:
+    """The admin object and the historical names on the refiller return the same types."""
+    admin = refiller.admin
+    states: list[BalanceState] = [
+        await admin.grant("u1", 5, actor="ops", reason="goodwill", allow_negative=True),
+        await admin.grant("u2", 5.5, actor="ops", reason="new", create=True),
+        await admin.set_balance("u1", 0, actor="ops", reason="reset", create=False),
+        await admin.set_tier("u1", "heavy", actor="ops", pinned=None),
+        await admin.set_auto_refill("u1", False, actor="ops"),
+        await admin.refill_now("u1", actor="ops", reason="support", create=True),
+        await refiller.set_auto_refill("u1", True, actor="ops"),
+        await refiller.refill_now("u1", actor="ops", reason="support"),
+    ]
+    rows: Sequence[Mapping[str, object]] = await admin.history("u1", limit=10)
+    rows = await refiller.history("u1")
+    del rows
+    await admin.grant("u1", "5", actor="ops", reason="x")  # type: ignore[arg-type]  # amounts are numbers
+    del states
+
+
+async def sweep_report(refiller: BalanceRefiller) -> None:
+    def progress(done: int, total: int | None) -> None:
+        del done, total
+
+    report = await refiller.sweep(
+        active_within=timedelta(days=30), batch_size=100, limit=1_000, progress=progress
+    )
+    assert_type(report, SweepReport)
+    counts: tuple[int, int, int, int, int, int] = (
+        report.scanned,
+        report.refilled,
+        report.errors,
+        report.batches,
+        report.read,
+        report.settled_pending,
+    )
+    skipped: Mapping[str, int] = report.skipped
+    per_tier: Mapping[str, int] = report.tiers
+    granted: int | float = report.granted
+    timing: tuple[datetime, timedelta] = (report.started_at, report.duration)
+    flags: tuple[bool, bool] = (report.ok, report.dry_run)
+    del counts, skipped, per_tier, granted, timing, flags
+
+
+async def testing_helpers() -> None:
+    """What a host app's tests use: a fake clock and recording collections, which go
+    wherever a collection does."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient("mongodb://localhost")
+    database = client["test"]
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    assert_type(clock(), datetime)
+    later: datetime = clock.advance(days=31)
+    clock.advance(timedelta(hours=1))
+    clock.set(later)
+
+    def lose_reply(call: Call, index: int) -> BaseException | None:
+        method: str = call.method
+        where: str = call.collection
+        first: object = call.args[0] if call.args else call.kwargs.get("filter")
+        del method, where, first
+        return TimeoutError("reply lost") if index == 1 else None
+
+    log = CallLog(fail_after=lose_reply)
+    balances = RecordingCollection(database["balances"], log, yield_first=True)
+    ledger = RecordingCollection(database["transactions"], log)
+    refiller = BalanceRefiller(
+        balances, POLICY, ledger=ledger, leases=RecordingCollection(database["leases"]), clock=clock
+    )
+    await refiller.spend("u1", 1)
+    calls: list[Call] = log.calls
+    count: int = log.count
+    names: list[str] = log.methods()
+    log.reset()
+    del calls, count, names
+
+    # The wrapped collection, for seeding and reading without recording.
+    doc = await balances.inner.find_one({"user": "u1"})
+    assert_type(doc, Mapping[str, Any] | None)
+    recorded = await balances.find_one({"user": "u1"})
+    assert_type(recorded, Mapping[str, Any] | None)
+    rows: list[Mapping[str, Any]] = await ledger.find({"user": "u1"}).to_list()
+    async for row in ledger.find({}):
+        assert_type(row, Mapping[str, Any])
+    del rows
+
+    RecordingCollection(object())  # type: ignore[arg-type]  # only a collection can be wrapped
+    FakeClock("2026-01-01")  # type: ignore[arg-type]  # an aware datetime, not a string
+
+
+class _NoUpdates:
+    """Has a name but not the calls the library makes."""
+
+    name = "balances"
+
+
+def refused_collections() -> None:
+    BalanceRefiller(_NoUpdates(), POLICY)  # type: ignore[arg-type]  # the protocol is checked
+    BalanceRefiller({"balances": []}, POLICY)  # type: ignore[arg-type]  # not a collection

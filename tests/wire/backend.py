@@ -217,7 +217,7 @@ def route_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[Any] = []
     used: set[str] = set()
 
-    class BackendClient(AsyncMongoClient):  # type: ignore[type-arg]
+    class BackendClient(AsyncMongoClient[dict[str, Any]]):
         """Any client the code makes: one on the backend, with this test's databases."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -27,9 +27,8 @@ def _apply_compat() -> None:
     """Apply this folder's compatibility patches, if the module is there."""
     if importlib.util.find_spec("compat") is None:
         return
-    from compat import apply  # this script's own folder is on sys.path
-
-    apply()
+    # this script's own folder is on sys.path (not on mypy's: hence no `from compat import`)
+    importlib.import_module("compat").apply()
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
