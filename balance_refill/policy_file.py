@@ -29,11 +29,24 @@ _LIBRECHAT_KEYS = {"version", "endpoints", "interface", "registration", "cache",
 
 
 def _summary(exc: ValidationError) -> str:
+    """Plain sentences naming the fields written: no pydantic prefixes, and no error for
+    a `threshold` the user did not write (it defaults to `amount`, so a bad amount
+    would otherwise be reported twice, once under a field the file does not have)."""
+    errors = exc.errors(include_url=False)
+    amounts = {(e["loc"][:-1], repr(e["input"])) for e in errors if e["loc"][-1:] == ("amount",)}
     parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "policy"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
+    for err in errors:
+        loc = err["loc"]
+        if loc[-1:] == ("threshold",) and (loc[:-1], repr(err["input"])) in amounts:
+            continue  # the defaulted copy of a bad amount
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if msg.startswith("Input should be "):
+            msg = f"should be {msg.removeprefix('Input should be ')}, got {err['input']!r}"
+        msg = {"Field required": "is missing", "Extra inputs are not permitted": "is not a "
+               "known setting"}.get(msg, msg)  # fmt: skip
+        where = ".".join(str(p) for p in loc)
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts[:5])
 
 
 def policy_from_mapping(data: object, *, source: str = "policy") -> AnyPolicy:

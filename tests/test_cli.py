@@ -6,6 +6,7 @@ import asyncio
 import gc
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,9 +123,8 @@ def test_policy_check_rejects_with_exit_2(
 
 def test_admin_flow_and_history(run: Run) -> None:
     user = str(ObjectId())
-    assert (
-        run.json("grant", user, "500", "--reason", "welcome", "--actor", "ops")["balance"] == 20_500
-    )
+    granted = run.json("grant", user, "500", "--reason", "welcome", "--actor", "ops", "--create")
+    assert granted["balance"] == 20_500
     assert (
         run.json("set-balance", user, "100", "--reason", "fix", "--actor", "ops")["balance"] == 100
     )
@@ -153,10 +153,10 @@ def test_admin_flow_and_history(run: Run) -> None:
 def test_ids_stored_with_their_types(run: Run, db: Any) -> None:
     """24 hex digits are an ObjectId (LibreChat); --id-type str/int for other layouts."""
     hex_id = "64f0c0ffee0000000000beef"
-    run.json("grant", hex_id, "1", "--reason", "r")
-    run.json("grant", hex_id, "1", "--reason", "r", "--id-type", "str")
-    run.json("grant", "42", "1", "--reason", "r", "--id-type", "int")
-    run.json("grant", "alice", "1", "--reason", "r")
+    run.json("grant", hex_id, "1", "--reason", "r", "--create")
+    run.json("grant", hex_id, "1", "--reason", "r", "--id-type", "str", "--create")
+    run.json("grant", "42", "1", "--reason", "r", "--id-type", "int", "--create")
+    run.json("grant", "alice", "1", "--reason", "r", "--create")
 
     async def kinds() -> set[str]:
         return {type(d["user"]).__name__ async for d in db["balances"].find()}
@@ -179,7 +179,7 @@ def test_ids_stored_with_their_types(run: Run, db: Any) -> None:
 )
 def test_exit_codes(run: Run, argv: tuple[str, ...], code: int, message: str) -> None:
     """0 ok, 1 refused, 2 bad input; the message names the bad value."""
-    run.json("grant", "u", "1", "--reason", "seed")
+    run.json("grant", "u", "1", "--reason", "seed", "--create")
     got, _, err = run(*argv)
     assert got == code
     assert message in err
@@ -196,7 +196,7 @@ def test_policy_from_environment(
     run: Run, policy_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BALANCE_REFILL_POLICY", str(policy_file))
-    code, _, err = run("grant", "u", "5", "--reason", "r", policy=False)
+    code, _, err = run("grant", "u", "5", "--reason", "r", "--create", policy=False)
     assert code == 0, err
 
 
@@ -362,3 +362,314 @@ def test_python_m_without_the_cli_extra() -> None:
         check=False,
     )
     assert (done.returncode, done.stdout, done.stderr) == (2, "", EXTRA_HINT + "\n")
+
+
+# -- issue 11: what a new user trips on ----------------------------------------------------
+
+
+def _count(db: Any, collection: str) -> int:
+    async def count() -> int:
+        return int(await db[collection].count_documents({}))
+
+    return asyncio.run(count())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("grant", "typo-user", "5", "--reason", "r"),
+        ("set-balance", "typo-user", "5", "--reason", "r"),
+        ("refill-now", "typo-user", "--reason", "r"),
+    ],
+)
+def test_admin_commands_refuse_unknown_users_without_create(
+    run: Run, db: Any, argv: tuple[str, ...]
+) -> None:
+    """An unknown user is one line, exit 1, nothing written; `--create` creates them."""
+    code, out, err = run(*argv)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "no balance document" in err
+    assert "--create" in err
+    assert _count(db, "balances") == _count(db, "transactions") == 0
+    code, _, err = run(*argv, "--create")
+    assert code == 0, err
+    assert _count(db, "balances") == 1
+
+
+def test_history_of_an_unknown_user_exits_1_like_show(run: Run) -> None:
+    """`history` of a user with no balance document is refused, as `show` is."""
+    for command in ("show", "history"):
+        code, out, err = run(command, "nobody")
+        assert (code, out) == (1, "")
+        assert err == "refused: user 'nobody' has no balance document\n"
+
+
+ADD_WITH_CAP = "amount: 1000\ninterval: 30d\nmode: add\nmax_balance: 5000\nstart_balance: 5000\n"
+
+
+@pytest.mark.parametrize(
+    ("policy_text", "pending", "why"),
+    [
+        (TWO_TIERS, False, "already at or above the policy's amount (10000)"),
+        (ADD_WITH_CAP, False, "cap reached"),
+        (TWO_TIERS, True, "LibreChat's own refill is settling"),
+    ],
+)
+def test_refill_now_that_adds_nothing_says_why(
+    conn: Connection | None, tmp_path: Path, db: Any, policy_text: str, pending: bool, why: str
+) -> None:
+    """`refill-now` that would change nothing writes nothing, says why in one line, exit 0."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text)
+    run = Run(conn, path)
+    run.json("grant", "u", "1", "--reason", "seed", "--create")
+    if pending:  # below the amount, so only LibreChat's marker stands in the way
+        run.json("set-balance", "u", "0", "--reason", "spent")
+
+        async def mark() -> None:
+            await db["balances"].update_one({"user": "u"}, {"$set": {"pendingRefill": 1}})
+
+        asyncio.run(mark())
+    rows = _count(db, "transactions")
+    code, out, err = run("refill-now", "u", "--reason", "goodwill")
+    assert code == 0, err
+    assert out.count("\n") == 1
+    assert out.startswith("nothing to refill for u: ")
+    assert why in out
+    data = run.json("refill-now", "u", "--reason", "goodwill")
+    assert data["refilled"] is False
+    assert why in data["not_refilled"]
+    assert _count(db, "transactions") == rows
+
+
+def test_demo_on_an_unreachable_server_is_one_line() -> None:
+    """The README's failing command: one line on stderr, password masked, exit 2."""
+    env = {
+        **os.environ,
+        "MONGODB_URI": "mongodb://admin:s3cretpw@127.0.0.1:1/?serverSelectionTimeoutMS=500",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "balance_refill", "demo", "--days", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: mongodb://admin:***@127.0.0.1:1/")
+    assert "ServerSelectionTimeoutError" in done.stderr
+    assert "s3cretpw" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("mongodb://admin:s3cretpw@127.0.0.1:notaport/", "Port contains non-digit characters"),
+        ("mongodb://admin:s3c@retpw@localhost/", "must be escaped according to RFC 3986"),
+        ("http://admin:s3cretpw@localhost/", "URI must begin with 'mongodb://'"),
+    ],
+)
+@pytest.mark.parametrize("command", [("show", "u"), ("demo", "--days", "1")])
+def test_malformed_uri_gives_the_drivers_reason(
+    monkeypatch: pytest.MonkeyPatch,
+    policy_file: Path,
+    uri: str,
+    reason: str,
+    command: tuple[str, ...],
+) -> None:
+    """A malformed MONGODB_URI: one line with the driver's reason, the password masked."""
+    monkeypatch.setenv("MONGODB_URI", uri)
+    monkeypatch.setenv("BALANCE_REFILL_POLICY", str(policy_file))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(list(command), stdout=out, stderr=err) == 2
+    assert err.getvalue().count("\n") == 1
+    assert err.getvalue().startswith("error: cannot use MONGODB_URI: ")
+    assert reason in err.getvalue()
+    assert "retpw" not in out.getvalue() + err.getvalue()
+
+
+def test_demo_json_is_a_summary(run: Run) -> None:
+    """`demo --json` prints one JSON object: totals, users, timeline, explanation."""
+    code, out, err = run("demo", "--days", "32", "--json", policy=False)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["days"] == 32
+    assert data["messages"] > data["refused"] > 0
+    assert [u["user"] for u in data["users"]] == ["ana", "ben", "cyd", "dan"]
+    assert (data["timeline"][0]["day"], data["timeline"][0]["date"]) == (0, "2026-01-01")
+    assert any("refilled at login" in e["event"] for e in data["timeline"])
+    assert data["explanation"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (("show", "nobody"), 1),
+        (("set-tier", "nobody", "platinum"), 2),
+        (("grant", "u", "abc", "--reason", "r"), 2),
+        (("demo", "--days", "0"), 2),
+        (("show", "u", "--bogus"), 2),
+    ],
+)
+def test_errors_under_json_are_json_on_stderr(run: Run, argv: tuple[str, ...], code: int) -> None:
+    """Under --json an error is one JSON object on stderr, `{"error": ..., "code": ...}`."""
+    got, out, err = run(*argv, "--json")
+    assert (got, out) == (code, "")
+    assert err.count("\n") == 1
+    payload = json.loads(err)
+    assert set(payload) == {"error", "code"}
+    assert payload["code"] == code
+    assert payload["error"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("-v", "show", "u"),
+        ("show", "u", "-v"),
+        ("--json", "show", "u"),
+        ("show", "--json", "u"),
+        ("--id-type", "str", "show", "u"),
+        ("--transactions-collection", "transactions", "history", "u"),
+        ("history", "u", "--balances-collection", "balances"),
+    ],
+)
+def test_global_flags_before_or_after_the_command(
+    conn: Connection | None, policy_file: Path, argv: tuple[str, ...]
+) -> None:
+    """`-v`, `--json`, `--policy`, `--id-type` and the database flags go on either side."""
+    run = Run(conn, policy_file)
+    run.json("grant", "u", "1", "--reason", "seed", "--create")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--policy", str(policy_file), *argv], connection=conn, stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    assert "u" in out.getvalue()
+    if "--json" in argv:
+        assert json.loads(out.getvalue())["user"] == "u"
+
+
+def test_bad_flag_after_a_command_prints_that_commands_usage(run: Run) -> None:
+    code, out, err = run("grant", "u", "5", "--reason", "r", "--bogus")
+    assert (code, out) == (2, "")
+    assert err.startswith("usage: balance-refill grant ")
+    assert "balance-refill grant: error: unrecognized arguments: --bogus" in err
+    code, _, err = run("demo", "--days", "x", policy=False)
+    assert code == 2
+    assert err.startswith("usage: balance-refill demo ")
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "absent"),
+    [
+        ("amount: -5\ninterval: 30d\n", "amount: should be greater than 0, got -5", "threshold"),
+        ("amount: 5\ninterval: 30d\nmax_balance: 2\n", ": max_balance (2) is below", "policy:"),
+        ("amount: 5\ninterval: 30y\n", "interval: cannot read interval '30y'", "Value error"),
+        ("amount: 5\ninterval: 3d\nmode: bogus\n", "mode: should be 'top_up'", "Input should"),
+        ("amount: 5\ninterval: 3d\nsurprise: 1\n", "surprise: is not a known setting", "Extra"),
+    ],
+)
+def test_policy_errors_are_plain_sentences(
+    run: Run, tmp_path: Path, text: str, message: str, absent: str
+) -> None:
+    """No pydantic prefixes, and no error for a field the file does not have."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code, _, err = run("policy", "check", str(path), policy=False)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert message in err
+    assert absent not in err
+    assert "Value error" not in err
+
+
+def test_without_mongodb_uri_the_cli_says_nothing_is_saved(
+    policy_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without MONGODB_URI: one note on stderr (a JSON line under --json), stdout clean."""
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    monkeypatch.setenv("BALANCE_REFILL_POLICY", str(policy_file))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["grant", "bob", "100", "--reason", "r", "--create"], stdout=out, stderr=err) == 0
+    assert err.getvalue().count("in-memory database") == 1
+    assert "nothing is saved" in err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["show", "bob", "--json"], stdout=out, stderr=err) == 1
+    assert out.getvalue() == ""
+    note, error = (json.loads(line) for line in err.getvalue().splitlines())
+    assert "in-memory database" in note["note"]
+    assert error == {"error": "user 'bob' has no balance document", "code": 1}
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (("--days", "-5"), "--days"),
+        (("--days", "0"), "--days"),
+        (("--days", "3651"), "--days"),
+        (("--seed", "-1"), "--seed"),
+        (("--seed", str(2**32)), "--seed"),
+    ],
+)
+def test_demo_refuses_nonsense(run: Run, argv: tuple[str, ...], flag: str) -> None:
+    code, out, err = run("demo", *argv, policy=False)
+    assert (code, out) == (2, "")
+    assert f"argument {flag}: must be a whole number from" in err
+
+
+def test_demo_dates_have_the_year_and_the_figures_are_explained(run: Run) -> None:
+    code, out, _ = run("demo", "--days", "32", policy=False)
+    assert code == 0
+    assert "day  0  Thu 2026-01-01  ana signs up with 20000" in out
+    assert "next refill 2026-" in out
+    assert "eve" not in out.split("state at the end")[1].split("messages")[0]  # not yet signed up
+    assert "Why " in out
+    assert "messages were refused" in out
+    assert "ben: asked for about" in out
+    assert "dan: refills paused" in out
+    assert "Next refills" in out
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("demo", ["--days N", "1 to 3650", "--seed N", "balance_refill_demo", "--json"]),
+        ("show", ["user", "exit 1", "--id-type"]),
+        ("grant", ["--create", "--allow-negative", "--reason TEXT", "--actor NAME"]),
+        ("set-balance", ["--create", "--reason TEXT"]),
+        ("set-tier", ["--pin", "--unpin", "next refill"]),
+        ("pause", ["refill-now still works", "exit 1"]),
+        ("resume", ["exit 1"]),
+        ("refill-now", ["--create", "exit 0", "max_balance", "settling"]),
+        ("history", ["--limit N", "1 to 1000", "exit 1"]),
+        ("sweep", ["--dry-run", "--batch-size N", "--active-within WINDOW", "--limit N"]),
+        ("policy check", ["file", "exit 2"]),
+    ],
+)
+def test_every_subcommand_help(run: Run, command: str, expected: list[str]) -> None:
+    """Each `--help` names the command and what it takes; options a command does not use
+    (the demo's --policy) are accepted but not listed."""
+    code, out, _ = run(*command.split(), "--help", policy=False)
+    assert code == 0
+    assert out.startswith(f"usage: balance-refill {command} ")
+    for text in expected:
+        assert text in out, text
+    if command in ("demo", "policy check"):
+        assert "--policy" not in out
+        assert "--id-type" not in out
+
+
+def test_serve_refuses_to_start_without_a_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` without BALANCE_REFILL_ADMIN_TOKEN refuses to start (exit 2), naming the fix;
+    --insecure-local only binds to 127.0.0.1."""
+    monkeypatch.delenv("BALANCE_REFILL_ADMIN_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2  # noqa: S104 - the refusal is the point
+    assert "BALANCE_REFILL_ADMIN_TOKEN" in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--insecure-local"]) == 2  # noqa: S104
+    assert "127.0.0.1" in capsys.readouterr().err

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 from rich.table import Table
 
-from balance_refill import BalanceRefiller, load_policy_file
-from balance_refill.policy import as_tiered
+from balance_refill import BalanceRefiller, BalanceState, UserNotFound, load_policy_file
+from balance_refill.policy import AnyPolicy, as_tiered
 
 from ._connect import Connection
 from ._output import Output
@@ -27,40 +27,79 @@ def actor(value: str | None) -> str:
         return "cli"
 
 
+def _with_hint(exc: UserNotFound) -> UserNotFound:
+    return UserNotFound(f"{exc} (pass --create to create it with the policy's start_balance)")
+
+
+def nothing_refilled(policy: AnyPolicy, state: BalanceState) -> str:
+    """Why `refill_now` changed nothing, from the user's state and tier: a cap, a top-up
+    or reset already at its amount, else LibreChat's own refill still settling."""
+    tiers = as_tiered(policy)
+    rules = tiers.tiers.get(state.tier) or tiers.tiers[tiers.default_tier]
+    balance, cap = state.balance, rules.max_balance
+    if cap is not None and balance >= cap:
+        return f"cap reached: the balance ({balance}) is at the tier's max_balance ({cap})"
+    adaptive = rules.adaptive
+    if rules.mode == "top_up" and balance >= (adaptive.min_amount if adaptive else rules.amount):
+        amount = (
+            f"this period's adaptive amount ({adaptive.min_amount} to {adaptive.max_amount})"
+            if adaptive
+            else f"the policy's amount ({rules.amount})"
+        )
+        return (
+            f"the balance ({balance}) is already at or above {amount}, and top_up never lowers it"
+        )
+    if rules.mode == "reset" and adaptive is None and balance == rules.amount:
+        return f"the balance already equals the policy's amount ({rules.amount}, reset)"
+    return "LibreChat's own refill is settling (pendingRefill is set); try again in a moment"
+
+
 async def admin_command(args: argparse.Namespace, refiller: BalanceRefiller, out: Output) -> int:
     """`show`, `grant`, `set-balance`, `set-tier`, `pause`, `resume`, `refill-now`, `history`."""
     user = parse_user(args.user, args.id_type)
     cmd = args.command
-    if cmd == "show":
-        out.state(await refiller.get_state(user), "balance")
-    elif cmd == "grant":
-        state = await refiller.grant(
-            user,
-            args.amount,
-            actor=actor(args.actor),
-            reason=args.reason,
-            allow_negative=args.allow_negative,
-        )
-        out.state(state, "granted")
-    elif cmd == "set-balance":
-        state = await refiller.set_balance(
-            user, args.amount, actor=actor(args.actor), reason=args.reason
-        )
-        out.state(state, "balance set")
-    elif cmd == "set-tier":
-        state = await refiller.set_tier(
-            user, args.tier, actor=actor(args.actor), pinned=args.pinned
-        )
-        out.state(state, "tier set")
-    elif cmd in ("pause", "resume"):
-        resume = cmd == "resume"
-        state = await refiller.set_auto_refill(user, resume, actor=actor(args.actor))
-        out.state(state, "auto refill " + ("resumed" if resume else "paused"))
-    elif cmd == "refill-now":
-        state = await refiller.refill_now(user, actor=actor(args.actor), reason=args.reason)
-        out.state(state, "refilled")
-    elif cmd == "history":
-        out.history(args.user, await refiller.history(user, limit=args.limit))
+    try:
+        if cmd == "show":
+            out.state(await refiller.get_state(user), "balance")
+        elif cmd == "grant":
+            state = await refiller.grant(
+                user,
+                args.amount,
+                actor=actor(args.actor),
+                reason=args.reason,
+                allow_negative=args.allow_negative,
+                create=args.create,
+            )
+            out.state(state, "granted")
+        elif cmd == "set-balance":
+            state = await refiller.set_balance(
+                user, args.amount, actor=actor(args.actor), reason=args.reason, create=args.create
+            )
+            out.state(state, "balance set")
+        elif cmd == "set-tier":
+            state = await refiller.set_tier(
+                user, args.tier, actor=actor(args.actor), pinned=args.pinned
+            )
+            out.state(state, "tier set")
+        elif cmd in ("pause", "resume"):
+            resume = cmd == "resume"
+            state = await refiller.set_auto_refill(user, resume, actor=actor(args.actor))
+            out.state(state, "auto refill " + ("resumed" if resume else "paused"))
+        elif cmd == "refill-now":
+            state = await refiller.refill_now(
+                user, actor=actor(args.actor), reason=args.reason, create=args.create
+            )
+            if state.refilled:
+                out.state(state, "refilled")
+            else:
+                out.nothing_refilled(args.user, state, nothing_refilled(refiller.policy, state))
+        elif cmd == "history":
+            await refiller.get_state(user)  # an unknown user is refused, as by `show`
+            out.history(args.user, await refiller.history(user, limit=args.limit))
+    except UserNotFound as exc:
+        if getattr(args, "create", None) is False:  # a command that could have created
+            raise _with_hint(exc) from exc
+        raise
     return EXIT_OK
 
 
@@ -120,18 +159,20 @@ def policy_check_command(args: argparse.Namespace, out: Output) -> int:
 async def demo_command(
     args: argparse.Namespace, settings: Settings, conn: Connection, out: Output
 ) -> int:
-    """The 90-day simulation, on `conn` (the embedded mock unless MONGODB_URI is set)."""
+    """The simulation, on `conn` (the embedded mock unless MONGODB_URI is set): a timeline,
+    a table and an explanation; under --json, the summary as one JSON object."""
     from .demo import run_demo  # noqa: PLC0415 - the demo loads only when asked for
 
     out.line(f"database: {settings.masked_uri()}")
     if not conn.mock:  # start from a clean slate on a real server
         await conn.database.drop_collection("balances")
         await conn.database.drop_collection("transactions")
-    await run_demo(
+    summary = await run_demo(
         conn.collection("balances"),
         conn.collection("transactions"),
         days=args.days,
         seed=args.seed,
-        out=out.line,
+        out=None if out.as_json else out.line,
     )
+    out.data({"database": settings.masked_uri(), **summary.as_dict()}, lambda: None)
     return EXIT_OK

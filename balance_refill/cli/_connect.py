@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
@@ -69,6 +70,51 @@ def connect(uri: str | None, database: str) -> Connection:
     try:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, **options)
     except (PyMongoError, ValueError) as exc:
-        # The message may quote the URI and its password: name the error type only.
-        raise StorageError(f"cannot use MONGODB_URI: {type(exc).__name__}") from exc
+        # The driver's reason, first line only, with the URI and its password masked.
+        reason = redact(str(exc).strip().split("\n", 1)[0], uri)
+        shown = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise StorageError(f"cannot use MONGODB_URI: {shown}") from exc
     return Connection(client, client[database], mock=False)
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with any password replaced by `***` (safe to print or log)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
+    query = parts.query
+    if "password=" in query.lower():
+        query = "&".join(
+            f"{kv.split('=', 1)[0]}=***" if kv.lower().startswith("password=") else kv
+            for kv in query.split("&")
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _password(uri: str) -> str | None:
+    """The password in `uri`'s user info, as written (None if there is none)."""
+    _, sep, rest = uri.partition("://")
+    head = rest.split("?", 1)[0]
+    if not sep or "@" not in head:
+        return None
+    userinfo = head.rpartition("@")[0]
+    return userinfo.partition(":")[2] or None
+
+
+def redact(text: str, uri: str | None) -> str:
+    """`text` with `uri` masked and its password, as written or decoded, replaced by
+    `***` wherever it appears (a driver's message may quote either)."""
+    if not uri:
+        return text
+    text = text.replace(uri, mask_uri(uri))
+    password = _password(uri)
+    if password:
+        for form in sorted({password, unquote_plus(password)}, key=len, reverse=True):
+            text = text.replace(form, "***")
+    return text

@@ -72,7 +72,13 @@ class Output:
         self.console = Console(file=stream, highlight=False, width=None if is_tty else 160)
 
     def line(self, text: str) -> None:
-        self.console.print(text)
+        """A line of human output (nothing under --json: the command prints data then)."""
+        if not self.as_json:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        """A one-line notice on stderr (a JSON object `{"note": ...}` under --json)."""
+        self.err.write((json.dumps({"note": text}) if self.as_json else f"note: {text}") + "\n")
 
     def data(self, payload: object, render: Callable[[], None]) -> None:
         if self.as_json:
@@ -89,6 +95,14 @@ class Output:
             self.console.print(table)
 
         self.data(state_dict(state), render)
+
+    def nothing_refilled(self, user: str, state: BalanceState, reason: str) -> None:
+        """`refill-now` that changed nothing: one line saying why (JSON: the state and
+        `"not_refilled"` with the reason)."""
+        self.data(
+            {**state_dict(state), "not_refilled": reason},
+            lambda: self.line(f"nothing to refill for {user}: {reason}"),
+        )
 
     def history(self, user: str, rows: Sequence[Mapping[str, object]]) -> None:
         def render() -> None:
@@ -119,6 +133,7 @@ class Output:
             title = "sweep (dry run: nothing written)" if report.dry_run else "sweep"
             table = Table(title=title, show_header=False)
             table.add_row("scanned", str(report.scanned))
+            table.add_row("candidates read", str(report.read))
             table.add_row("would refill" if report.dry_run else "refilled", str(report.refilled))
             table.add_row("credits granted", str(report.granted))
             for reason, count in report.skipped.items():

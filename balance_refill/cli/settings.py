@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._connect import mask_uri, redact
 
 DEFAULT_DATABASE = "LibreChat"
 
@@ -34,24 +36,9 @@ class Settings(BaseSettings):
         return DEFAULT_DATABASE
 
     def masked_uri(self) -> str:
-        return mask_uri(self.mongodb_uri) if self.mongodb_uri else "(embedded mock, no server)"
+        if self.mongodb_uri:
+            return mask_uri(self.mongodb_uri)
+        return "(embedded mock: temporary, in memory, nothing saved)"
 
 
-def mask_uri(uri: str) -> str:
-    """The URI with any password replaced by `***` (safe to print or log)."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
-    query = parts.query
-    if "password=" in query.lower():
-        query = "&".join(
-            f"{kv.split('=', 1)[0]}=***" if kv.lower().startswith("password=") else kv
-            for kv in query.split("&")
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+__all__ = ["DEFAULT_DATABASE", "Settings", "mask_uri", "redact"]

@@ -94,7 +94,7 @@ def describe() -> str:
     if KIND == MOCK:
         return f"mock (mongomock-motor {version('mongomock-motor')}, {pymongo})"
     if KIND == SERVER:
-        from balance_refill.settings import mask_uri
+        from balance_refill.cli.settings import mask_uri
 
         return f"server ({mask_uri(_SERVER_URI or '')}, {pymongo})"
     if _failed:
