@@ -1,14 +1,13 @@
 """The flows we measure: ours, and two baselines modelled on LibreChat.
 
 Every flow has the same interface, `await flow.login(user)` and
-`await flow.message(user, message)`, and issues real calls on the collections it is given
-(mongomock-motor in the benchmarks), on documents in LibreChat's layout. The baselines are
-written from the description in `../shared/reference/librechat.md` ("How LibreChat
-refills"): they keep every round trip that description implies and add none, so that
-"about 7 calls per turn without a refill and 10 with one" (classic) and "about 9 and 13"
-(reservations) come out of the code rather than being assumed. Each docstring lists which
-step issues which call. No baseline is weakened on purpose: where LibreChat's exact query
-is not documented, the model uses the cheapest query that does the described step.
+`await flow.message(user, message)`, and issues real calls on the collections it is given,
+on documents in LibreChat's layout. The baselines follow LibreChat's balance code
+(`setBalanceConfig` at login, `checkBalance`, `spendTokens` and `updateBalance` per
+message; the newer flow adds reservations and a `pendingRefill` marker): every round trip
+it makes, and none more, so the call counts come out of the code rather than being
+assumed. Each docstring lists which step issues which call. Where LibreChat's exact query
+does not matter, the model uses the cheapest query that does the step.
 """
 
 from __future__ import annotations
@@ -81,77 +80,18 @@ class Ours:
         await self.refiller.spend(user, message.cost, request_id=message.id)
 
 
-class OursWithSpendRows(Ours):
-    """Ours, plus the host writing one spending row per message in `transactions`.
-
-    LibreChat records every prompt and completion in `transactions`; this library only
-    writes refill rows. A host that wants per-message usage rows inserts one itself:
-    +1 call per message. Shown so the comparison is like for like.
-    """
-
-    name = "ours + host usage row"
-
-    def __init__(self, refiller: BalanceRefiller, transactions: Any, clock: Callable[[], datetime]):
-        super().__init__(refiller)
-        self.transactions = transactions
-        self.clock = clock
-
-    async def message(self, user: Any, message: Message) -> None:
-        await super().message(user, message)
-        now = self.clock()
-        await self.transactions.insert_one(
-            {
-                "user": user,
-                "tokenType": "credits",
-                "context": "message",
-                "messageId": message.id,
-                "rawAmount": -message.cost,
-                "tokenValue": -message.cost,
-                "inputTokens": message.prompt_tokens,
-                "createdAt": now,
-                "updatedAt": now,
-            }
-        )
-
-
 # -- LibreChat: shared pieces ----------------------------------------------------------
-
-_UNIT = {
-    "seconds": timedelta(seconds=1),
-    "minutes": timedelta(minutes=1),
-    "hours": timedelta(hours=1),
-    "days": timedelta(days=1),
-    "weeks": timedelta(weeks=1),
-}
-
-
-def js_add_months(value: datetime, months: int) -> datetime:
-    """JavaScript's `setMonth(getMonth() + n)`: the day overflows (Jan 31 + 1 -> Mar 3)."""
-    years, month0 = divmod(value.month - 1 + months, 12)
-    year, month = value.year + years, month0 + 1
-    first = value.replace(year=year, month=month, day=1)
-    return first + timedelta(days=value.day - 1)
-
-
-def librechat_next_refill(doc: dict[str, Any]) -> datetime | None:
-    """lastRefill + the user's interval, as LibreChat computes it (None: never refilled,
-    which current LibreChat treats as due)."""
-    last = doc.get("lastRefill")
-    if not isinstance(last, datetime):
-        return None
-    value = int(doc.get("refillIntervalValue", 30))
-    unit = doc.get("refillIntervalUnit", "days")
-    if unit == "months":
-        return js_add_months(last, value)
-    return last + _UNIT[unit] * value
 
 
 def librechat_refill_due(doc: dict[str, Any], now: datetime) -> bool:
-    """Auto refill on for the user, refillAmount > 0 and lastRefill + interval <= now."""
+    """Auto refill on for the user, refillAmount > 0 and lastRefill + interval <= now (a
+    missing lastRefill counts as due). Interval units up to weeks; the benchmarks use days."""
     if doc.get("autoRefillEnabled") is not True or int(doc.get("refillAmount", 0)) <= 0:
         return False
-    due_at = librechat_next_refill(doc)
-    return due_at is None or due_at <= now
+    last = doc.get("lastRefill")
+    unit = str(doc.get("refillIntervalUnit", "days"))
+    interval = timedelta(**{unit: int(doc.get("refillIntervalValue", 30))})
+    return not isinstance(last, datetime) or last + interval <= now
 
 
 class _LibreChatBase:
@@ -160,17 +100,11 @@ class _LibreChatBase:
     name = "librechat"
     max_attempts = 10  # LibreChat's read / conditional-write loops give up after 10
 
-    def __init__(
-        self,
-        balances: Any,
-        transactions: Any,
-        clock: Callable[[], datetime],
-        config: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, balances: Any, transactions: Any, clock: Callable[[], datetime]) -> None:
         self.balances = balances
         self.transactions = transactions
         self.clock = clock
-        self.config = config or LIBRECHAT_BALANCE
+        self.config = LIBRECHAT_BALANCE
 
     async def login(self, user: Any) -> None:
         """LibreChat's login hook (`setBalanceConfig`).

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: figures, the LibreChat setup, statistics, the table."""
+"""Shared pieces of the benchmarks: the LibreChat setup, figures, the table, statistics."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ MESSAGE_COST = PROMPT_CREDITS + COMPLETION_CREDITS
 
 # The `balance:` section of librechat.yaml every flow runs under (LibreChat's defaults,
 # with balances and auto refill switched on).
-LIBRECHAT_BALANCE = {
+LIBRECHAT_BALANCE: dict[str, Any] = {
     "enabled": True,
     "startBalance": 20_000,
     "autoRefillEnabled": True,
@@ -66,33 +66,30 @@ def recent_last_refill(now: datetime) -> datetime:
     return now - timedelta(days=1)
 
 
-# -- figures ---------------------------------------------------------------------------
-
-
 @dataclass
 class Figure:
     """One printed figure. `met` is None when the figure has no goal."""
 
     name: str
-    value: float | int | str
+    value: float | str
     unit: str = ""
     goal: str = ""
     met: bool | None = None
 
     def shown(self) -> str:
         value = self.value
-        if isinstance(value, float):
-            text = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-        elif isinstance(value, int):
+        if isinstance(value, int):
             text = f"{value:,}"
+        elif isinstance(value, float):
+            text = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
         else:
-            text = str(value)
+            text = value
         return f"{text} {self.unit}".rstrip()
 
 
 @dataclass
 class Section:
-    """The figures of one benchmark, plus free-form notes printed under the table."""
+    """The figures of one benchmark, notes printed under the table, and raw data."""
 
     key: str
     title: str
@@ -101,24 +98,14 @@ class Section:
     data: dict[str, Any] = field(default_factory=dict)
 
     def add(
-        self,
-        name: str,
-        value: float | str,
-        unit: str = "",
-        goal: str = "",
-        met: bool | None = None,
-    ) -> Figure:
-        fig = Figure(name, value, unit, goal, met)
-        self.figures.append(fig)
-        return fig
+        self, name: str, value: float | str, unit: str = "", goal: str = "", met: bool | None = None
+    ) -> None:
+        self.figures.append(Figure(name, value, unit, goal, met))
 
     def figure(self, name: str) -> Figure:
-        for fig in self.figures:
-            if fig.name == name:
-                return fig
-        raise KeyError(name)
+        return next(f for f in self.figures if f.name == name)
 
-    def value(self, name: str) -> Any:
+    def value(self, name: str) -> float | str:
         return self.figure(name).value
 
     def as_json(self) -> dict[str, Any]:
@@ -136,29 +123,19 @@ def render(sections: Sequence[Section]) -> str:
     header = ("benchmark", "figure", "value", "goal", "met")
     rows: list[tuple[str, ...]] = []
     for section in sections:
-        for fig in section.figures:
+        for i, fig in enumerate(section.figures):
             met = "" if fig.met is None else ("yes" if fig.met else "NO")
-            rows.append((section.title, fig.name, fig.shown(), fig.goal, met))
+            rows.append((section.title if i == 0 else "", fig.name, fig.shown(), fig.goal, met))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         return " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    out = [line(header), "-+-".join("-" * w for w in widths)]
-    previous = None
-    for row in rows:
-        shown = row if row[0] != previous else ("", *row[1:])
-        previous = row[0]
-        out.append(line(shown))
+    out = [line(header), "-+-".join("-" * w for w in widths), *map(line, rows)]
     for section in sections:
         if section.notes:
-            out.append("")
-            out.append(f"[{section.title}]")
-            out.extend(f"  {note}" for note in section.notes)
+            out += ["", f"[{section.title}]", *(f"  {note}" for note in section.notes)]
     return "\n".join(out)
-
-
-# -- statistics ------------------------------------------------------------------------
 
 
 def median(values: Iterable[float]) -> float:

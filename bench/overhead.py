@@ -4,9 +4,9 @@
     costs only our own Python: validation, building the filter and update, parsing the
     reply and building the `BalanceState`. Median over many batches after a warm-up.
 (b) On mongomock-motor (1-document collection), `ensure_balance` and `spend` against the
-    bare driver call the library issues: the same filter, update and options, built with
-    `balance_refill._docs` (`by_user`, `first_seen_update`, `spend_pipeline`) before the
-    timing starts. The ratio is what the library adds on top of one round trip of the mock.
+    bare driver calls the library sends: its own calls, recorded by `RecordingCollection`
+    on a twin collection before the timing starts and replayed with the same arguments.
+    The ratio is what the library adds on top of one round trip of the mock.
 `--profile` runs (a) under cProfile and prints the functions that cost the most.
 """
 
@@ -17,35 +17,21 @@ import gc
 import io
 import pstats
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from itertools import count
+from typing import Any, cast
 
 from bson import ObjectId, tz_util
-from pymongo import ReturnDocument
 
 from balance_refill import BalanceRefiller
-from balance_refill import _docs as D
+from balance_refill.testing import CallLog, RecordingCollection
 
-from .common import (
-    LIBRECHAT_BALANCE,
-    Section,
-    librechat_doc,
-    librechat_policy,
-    median,
-    mock_db,
-    ratio,
-)
+from .common import Section, librechat_doc, librechat_policy, median, mock_db, ratio
 
 GOAL_US = 20.0
 GOAL_RATIO = 1.3
-
-
-class _Result:
-    modified_count = 1
-    matched_count = 1
-    inserted_id = None
-    upserted_id = None
+Step = Callable[[], Awaitable[object]]
 
 
 class StubCollection:
@@ -57,169 +43,116 @@ class StubCollection:
         self.doc = doc
         self.calls = 0
 
-    async def find_one_and_update(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
+    async def find_one_and_update(self, *args: object, **kwargs: object) -> dict[str, Any]:
         self.calls += 1
         return self.doc
 
-    async def find_one(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return self.doc
 
-    async def update_one(self, filter: Any, update: Any, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return _Result()
-
-    async def insert_one(self, document: Any, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return _Result()
-
-
-def as_driver_returns(value: datetime) -> datetime:
-    """A datetime as pymongo returns it with tz_aware=True: milliseconds, bson's utc."""
-    value = value.astimezone(tz_util.utc)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
-
-
-def steady_state_doc(user: Any, now: datetime) -> dict[str, Any]:
-    """A balance document as it looks after weeks of use (LibreChat's fields plus ours,
-    a full window of 32 recent request ids, 6 periods of history), with dates as the
-    driver returns them."""
-    now = as_driver_returns(now)
+def steady_state_doc(user: ObjectId) -> dict[str, Any]:
+    """A balance document after weeks of use (LibreChat's fields and ours, a full window
+    of 32 request keys, 6 periods of history), dated as pymongo returns dates
+    (`tz_aware=True`: milliseconds, bson's utc)."""
+    now = datetime.now(UTC).astimezone(tz_util.utc)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     doc = librechat_doc(user, 1_000_000_000, now - timedelta(days=1))
     doc.update(
-        {
-            D.SPENT: 12_000,
-            D.HISTORY: [9_000, 11_000, 10_000, 8_000, 12_000, 10_500],
-            D.RECENT: [f"5f1c2b7a-0000-4000-8000-{i:012d}" for i in range(D.RECENT_WINDOW)],
-            D.LAST_SEEN: now - timedelta(hours=2),
-            D.REFILL_TIER: "default",
-            D.OP_ID: ObjectId(),
-        }
+        autoRefillEnabled=False,
+        spentSinceRefill=12_000,
+        spendHistory=[9_000, 11_000, 10_000, 8_000, 12_000, 10_500],
+        recentRequests=[(i * 0x9E3779B97F4A7C15) % 2**64 - 2**63 for i in range(32)],
+        lastSeen=now - timedelta(hours=2),
+        refillTier="default",
+        lastOpId=ObjectId(),
     )
     return doc
 
 
-Step = Callable[[], Awaitable[Any]]
-
-
 async def time_per_call(step: Step, *, batches: int, batch: int, warmup: int) -> list[float]:
-    """Microseconds per call of `step`, one value per batch (gc off while timing)."""
+    """CPU microseconds (this thread's) per call of `step`, one value per batch, gc off."""
     for _ in range(warmup):
         await step()
     samples = []
-    enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(batches):
-            t0 = time.perf_counter_ns()
+            t0 = time.thread_time_ns()
             for _ in range(batch):
                 await step()
-            samples.append((time.perf_counter_ns() - t0) / batch / 1000)
+            samples.append((time.thread_time_ns() - t0) / batch / 1000)
     finally:
-        if enabled:
-            gc.enable()
+        gc.enable()
     return samples
 
 
-def stub_refiller() -> tuple[BalanceRefiller, StubCollection, Any]:
+def stub_steps() -> dict[str, Step]:
+    """ensure_balance and spend on the stub (the real clock; the document is never due),
+    and the stub call alone."""
     user = ObjectId()
-    stub = StubCollection(steady_state_doc(user, datetime.now(UTC)))
-    coll: Any = stub  # duck-typed: only the four methods the hot path calls
-    # The real clock, as in production; the stub's document is never due.
-    return BalanceRefiller(coll, librechat_policy(), ledger=coll), stub, user
+    stub = StubCollection(steady_state_doc(user))
+    # The stub has only the one method the hot path calls when nothing is due.
+    refiller = BalanceRefiller(cast(Any, stub), librechat_policy(), ledger=cast(Any, stub))
+    ids = count()
+    steps: dict[str, Step] = {
+        "ensure_balance": lambda: refiller.ensure_balance(user),
+        "spend": lambda: refiller.spend(user, 1_000, request_id=f"m-{next(ids)}"),
+        "stub call alone": lambda: stub.find_one_and_update({"user": user}, {}),
+    }
+    return steps
 
 
-def _counter_ids(prefix: str) -> Callable[[], str]:
-    n = 0
-
-    def nxt() -> str:
-        nonlocal n
-        n += 1
-        return f"{prefix}-{n}"
-
-    return nxt
-
-
-async def stub_steps() -> dict[str, Step]:
-    refiller, stub, user = stub_refiller()
-    rid = _counter_ids("m")
-
-    async def ensure() -> Any:
-        return await refiller.ensure_balance(user)
-
-    async def spend() -> Any:
-        return await refiller.spend(user, 1_000, request_id=rid())
-
-    async def bare() -> Any:
-        return await stub.find_one_and_update({"user": user}, {}, sort=[("_id", 1)])
-
-    # Sanity: each operation is one call on the stub and no refill happens.
-    before = stub.calls
-    state = await ensure()
-    await spend()
-    assert stub.calls - before == 2
-    assert not state.refilled
-    return {"ensure_balance": ensure, "spend": spend, "stub call alone": bare}
-
-
-async def mock_pairs(rounds: int) -> dict[str, tuple[Step, Step]]:
-    """(ours, bare driver call) on the same 1-document mock collection."""
+async def mock_pairs(calls: int) -> dict[str, tuple[Step, Step]]:
+    """(ours, the bare driver call it sends) on one 1-document mock collection. The bare
+    calls are the library's own, recorded on a twin collection, `calls` of each."""
+    user = ObjectId()
+    doc = steady_state_doc(user)
     db = mock_db()
     coll = db["balances"]
-    user = ObjectId()
-    now = datetime.now(UTC)
-    await coll.insert_one(steady_state_doc(user, now))
+    await coll.insert_one(dict(doc))
     refiller = BalanceRefiller(coll, librechat_policy(), ledger=db["transactions"])
-    librechat_fields = {
-        D.REFILL_AMOUNT: LIBRECHAT_BALANCE["refillAmount"],
-        D.INTERVAL_VALUE: LIBRECHAT_BALANCE["refillIntervalValue"],
-        D.INTERVAL_UNIT: LIBRECHAT_BALANCE["refillIntervalUnit"],
-    }
-    policy = librechat_policy()
-    first_seen = D.first_seen_update(
-        D.first_seen_insert(
-            user, now, start_balance=policy.start_balance, librechat_fields=librechat_fields
-        ),
-        now,
+
+    log = CallLog()
+    twin_db = mock_db("twin")
+    await twin_db["balances"].insert_one(dict(doc))
+    twin = BalanceRefiller(
+        RecordingCollection(twin_db["balances"], log),
+        librechat_policy(),
+        ledger=RecordingCollection(twin_db["transactions"], log),
     )
-    filter_ = D.by_user(user)
-    n_pipelines = rounds + 16
-    pipelines = iter([D.spend_pipeline(1, f"bare-{i}", now) for i in range(n_pipelines)])
-    rid = _counter_ids("ours")
+    recorded: dict[str, list[tuple[tuple[object, ...], Mapping[str, object]]]] = {}
+    for name in ("ensure_balance", "spend"):
+        log.reset()
+        for i in range(calls):
+            if name == "ensure_balance":
+                await twin.ensure_balance(user)
+            else:
+                await twin.spend(user, 1, request_id=f"bare-{i}")
+        assert [c.method for c in log.calls] == ["find_one_and_update"] * calls
+        recorded[name] = [(c.args, c.kwargs) for c in log.calls]
 
-    async def ours_ensure() -> Any:
-        return await refiller.ensure_balance(user)
+    def bare(name: str) -> Step:
+        replay = iter(recorded[name])
 
-    async def bare_ensure() -> Any:
-        return await coll.find_one_and_update(
-            filter_,
-            first_seen,
-            upsert=True,
-            sort=D.OLDEST_FIRST,
-            return_document=ReturnDocument.BEFORE,
-        )
+        async def call() -> object:
+            args, kwargs = next(replay)
+            return await coll.find_one_and_update(*args, **kwargs)
 
-    async def ours_spend() -> Any:
-        return await refiller.spend(user, 1, request_id=rid())
+        return call
 
-    async def bare_spend() -> Any:
-        return await coll.find_one_and_update(
-            filter_, next(pipelines), sort=D.OLDEST_FIRST, return_document=ReturnDocument.BEFORE
-        )
-
-    return {"ensure_balance": (ours_ensure, bare_ensure), "spend": (ours_spend, bare_spend)}
+    ids = count()
+    return {
+        "ensure_balance": (lambda: refiller.ensure_balance(user), bare("ensure_balance")),
+        "spend": (lambda: refiller.spend(user, 1, request_id=f"ours-{next(ids)}"), bare("spend")),
+    }
 
 
 async def profile(calls: int = 20_000, top: int = 25) -> str:
     """cProfile of `calls` ensure_balance + `calls` spend on the stub: the top functions."""
-    steps = await stub_steps()
+    steps = stub_steps()
     ensure, spend = steps["ensure_balance"], steps["spend"]
-    for _ in range(1_000):
-        await ensure()
-        await spend()
     profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(calls):
+    for i in range(1_000 + calls):
+        if i == 1_000:
+            profiler.enable()
         await ensure()
         await spend()
     profiler.disable()
@@ -231,42 +164,39 @@ async def profile(calls: int = 20_000, top: int = 25) -> str:
 
 
 async def run(quick: bool = False, *, with_profile: bool = False) -> Section:
-    batches, batch, warmup = (20, 20, 200) if quick else (300, 100, 5_000)
     section = Section("overhead", "2. library overhead")
-    steps = await stub_steps()
-    stub = {
-        name: median(await time_per_call(s, batches=batches, batch=batch, warmup=warmup))
-        for name, s in steps.items()
-    }
-    for name in ("ensure_balance", "spend"):
+    batches, batch, warmup = (20, 20, 200) if quick else (300, 100, 5_000)
+    stub: dict[str, float] = {}
+    for name, step in stub_steps().items():
+        stub[name] = median(await time_per_call(step, batches=batches, batch=batch, warmup=warmup))
+    for name, what in (("ensure_balance", "no refill"), ("spend", "covered")):
         us = stub[name]
-        what = "no refill" if name == "ensure_balance" else "covered"
         section.add(
             f"stub: {name} ({what}), CPU per call", us, "us", f"<= {GOAL_US:g} us", us <= GOAL_US
         )
     section.add("stub: the stub call alone", stub["stub call alone"], "us")
 
-    mock_batches, mock_batch, mock_warmup = (6, 5, 20) if quick else (60, 20, 300)
-    pairs = await mock_pairs(rounds=(mock_batches * mock_batch + mock_warmup) * 2)
+    batches, batch, warmup = (6, 5, 20) if quick else (60, 20, 300)
+    pairs = await mock_pairs(calls=warmup + batches * batch)
     for name, (ours, bare) in pairs.items():
-        ours_samples: list[float] = []
-        bare_samples: list[float] = []
-        for _ in range(mock_warmup):
+        ours_us: list[float] = []
+        bare_us: list[float] = []
+        for _ in range(warmup):
             await ours()
             await bare()
-        for _ in range(mock_batches):  # interleaved, so drift hits both alike
-            ours_samples += await time_per_call(ours, batches=1, batch=mock_batch, warmup=0)
-            bare_samples += await time_per_call(bare, batches=1, batch=mock_batch, warmup=0)
-        o, b = median(ours_samples), median(bare_samples)
+        for _ in range(batches):  # interleaved, so drift hits both alike
+            ours_us += await time_per_call(ours, batches=1, batch=batch, warmup=0)
+            bare_us += await time_per_call(bare, batches=1, batch=batch, warmup=0)
+        o, b = median(ours_us), median(bare_us)
         section.add(f"mock: {name}, ours", o, "us")
         section.add(f"mock: {name}, bare driver call", b, "us")
         r = ratio(o, b)
         section.add(f"mock: {name}, ours / bare", r, "x", f"<= {GOAL_RATIO:g}x", r <= GOAL_RATIO)
     section.notes.append(
-        f"stub: median of {batches} batches of {batch} calls after {warmup} warm-up calls; "
-        f"mock: median of {mock_batches} interleaved batches of {mock_batch}."
+        "stub: median of batches of calls after a warm-up; mock: median of interleaved "
+        "batches; the bare calls are the library's own, recorded and replayed."
     )
     if with_profile:
         section.notes.append("cProfile (stub, ensure_balance + spend):")
-        section.notes.extend((await profile(calls=2_000 if quick else 20_000)).splitlines())
+        section.notes += (await profile(calls=2_000 if quick else 20_000)).splitlines()
     return section
