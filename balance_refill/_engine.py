@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bson import ObjectId
@@ -65,8 +65,8 @@ class Committed:
     change: Change | None
 
 
-Decide = Callable[[S.Record, ObjectId], Change | None]
-"""Given the record as read and the op id to use, the change to make, or None."""
+Decide = Callable[[S.Record], Change | None]
+"""Given the record as read, the change to make, or None (nothing to write)."""
 
 
 class Engine:
@@ -132,11 +132,19 @@ class Engine:
         leases: AsyncCollection = database[DEFAULT_LEASES]
         return leases
 
-    def state(self, record: S.Record, now: datetime, change: Change | None = None) -> BalanceState:
+    def state(
+        self,
+        record: S.Record,
+        now: datetime,
+        change: Change | None = None,
+        *,
+        charged: Credits = 0,
+    ) -> BalanceState:
+        """The state to report; `charged`: a spend that `record` (read before it) misses."""
         s = record.state
         return BalanceState(
             user_id=record.user,
-            balance=s.balance,
+            balance=s.balance - charged if charged else s.balance,
             refilled=change is not None and change.refilled,
             granted=0 if change is None else change.granted,
             last_refill=s.last_refill,
@@ -144,13 +152,12 @@ class Engine:
             tier=assigned_tier(self.tiers, s),
             auto_refill=not s.paused,
             pinned=s.pinned,
-            spent_since_refill=s.spent,
+            spent_since_refill=s.spent + charged if charged else s.spent,
             last_seen=record.last_seen,
         )
 
     def refill_row(
         self,
-        op_id: ObjectId,
         record: S.Record,
         now: datetime,
         plan: RefillPlan,
@@ -160,7 +167,6 @@ class Engine:
     ) -> S.Update:
         """The ledger row of a refill (an automatic one unless `context` says otherwise)."""
         return row(
-            op_id,
             record.user,
             now,
             context=context,
@@ -220,7 +226,7 @@ class Engine:
         if record.pending is None or self.ledger is None:
             return record
         await self.settle([(record.id, record.user, dict(record.pending))])
-        return replace(record, pending=None)
+        return record._replace(pending=None)
 
     # -- the commit loop ------------------------------------------------------------------
 
@@ -233,10 +239,10 @@ class Engine:
             record = await read()
             if mine is not None and record.op_id == mine[0]:
                 return Committed(record, mine[1])  # ours landed; its reply was lost
-            op_id = ObjectId()
-            change = decide(record, op_id)
+            change = decide(record)
             if change is None:
                 return Committed(record, None)
+            op_id = ObjectId()  # made only for a write: the hot path without one skips it
             after = await self._swap(what, record, change, op_id)
             if after is not None:
                 return Committed(after, change)
@@ -281,7 +287,9 @@ class Engine:
             )
             ids = {d["_id"] for d in landed}
             applied = [p for p in planned if p[0].id in ids]
-        await self.settle([(rec.id, rec.user, ch.row) for rec, ch, _ in applied if ch.row])
+        await self.settle(
+            [(rec.id, rec.user, {"_id": op, **ch.row}) for rec, ch, op in applied if ch.row]
+        )
         return applied, failed
 
     async def settle(self, pending: Sequence[tuple[object, object, S.Update]]) -> int:

@@ -25,7 +25,6 @@ SOURCE = "balance_refill"
 
 
 def row(
-    row_id: object,
     user: UserId,
     now: datetime,
     *,
@@ -35,12 +34,12 @@ def row(
     **extra: object,
 ) -> Update:
     """One row recording a change of `before` to `after` (extra fields with a None value
-    are left out)."""
+    are left out). Its `_id` is the op id of the write that carries it, set by the
+    commit loop."""
     amount = after - before
     if context == AUTO_REFILL and amount < 0:
         context = REFILL_RESET
     shaped: Update = {
-        "_id": row_id,
         "user": user,
         "tokenType": "credits",
         "context": context,

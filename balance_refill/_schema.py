@@ -9,12 +9,11 @@ is never read as an operator or a field path.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._validate import Credits, UserId
-from .decide import HISTORY_LENGTH, RefillPlan, SpendOutcome, UserState
+from .decide import HISTORY_LENGTH, RefillPlan, UserState
 from .periods import as_utc
 
 Document = Mapping[str, Any]
@@ -52,10 +51,9 @@ OWNED: Update = {AUTO: False}
 """Set by every write: LibreChat's runtime never refills a document the library manages."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """A balance document as read: the user's state, and what a compare-and-swap on it
-    must find unchanged."""
+    must find unchanged (immutable; a named tuple for the hot path's sake)."""
 
     id: Any
     user: UserId
@@ -128,7 +126,7 @@ def parse(doc: Document) -> Record:
         cas=cas,
         pending=pending if isinstance(pending, Mapping) else None,
         op_id=get(OP_ID),
-        recent=tuple(k for k in recent if isinstance(k, int)) if isinstance(recent, list) else (),
+        recent=tuple(recent) if isinstance(recent, list) else (),
         last_seen=_date(get(LAST_SEEN)),
         librechat_auto=get(AUTO) is True,
     )
@@ -213,11 +211,12 @@ def set_fields(fields: Mapping[str, object]) -> Update:
 
 def with_marker(update: Update, op_id: object, row: Update | None) -> Update:
     """`update` with the op id, LibreChat's refill switched off and, if given, the ledger
-    row left as the pending marker (written in the same atomic update)."""
+    row (with the op id as its `_id`) left as the pending marker, in the same atomic
+    update."""
     marked = dict(update)
     sets = {**marked.get("$set", {}), **OWNED, OP_ID: op_id}
     if row is not None:
-        sets[PENDING] = row
+        sets[PENDING] = {"_id": op_id, **row}
     marked["$set"] = sets
     return marked
 
@@ -265,19 +264,15 @@ def spend_pipeline(amount: Credits, key: int, now: datetime) -> list[Update]:
     ]
 
 
-def after_spend(record: Record, outcome: SpendOutcome, amount: Credits, key: int) -> Record:
-    """The record as `spend_pipeline` left it, from the one it returned as it was before.
-    Not charged, it still wrote missing counters as 0 (a compare-and-swap must expect
-    those values); charged, the balance, the spend and the request window moved."""
+def after_uncharged_spend(record: Record) -> Record:
+    """The record as a `spend_pipeline` that did not charge left it, from the one it
+    returned as it was before: it still wrote missing counters as 0, so a
+    compare-and-swap must expect those values. (After a charge no compare-and-swap
+    follows; `charged` says what moved.)"""
     cas = dict(record.cas)
     cas[CREDITS] = 0 if cas[CREDITS] is None else cas[CREDITS]
     cas[SPENT] = 0 if cas[SPENT] is None else cas[SPENT]
-    state = record.state
-    recent = record.recent
-    if outcome is SpendOutcome.CHARGED:
-        state = replace(state, balance=state.balance - amount, spent=state.spent + amount)
-        recent = (*recent, key)[-RECENT_WINDOW:]
-    return replace(record, cas=cas, state=state, recent=recent, librechat_auto=False)
+    return record._replace(cas=cas, librechat_auto=False)
 
 
 # -- the sweep's queries ----------------------------------------------------------------

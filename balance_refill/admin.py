@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from bson import ObjectId
-
 from . import _ledger as L
 from . import _schema as S
 from ._engine import Change, Engine
@@ -43,7 +41,7 @@ class Admin:
         self,
         what: str,
         user_id: UserId,
-        decide: Callable[[S.Record, datetime, ObjectId], Change | None],
+        decide: Callable[[S.Record, datetime], Change | None],
         *,
         create: bool,
     ) -> BalanceState:
@@ -56,7 +54,7 @@ class Admin:
                 return await engine.read_or_create(user, now)
             return await engine.settled(await engine.find(user))
 
-        done = await engine.commit(what, read, lambda record, op_id: decide(record, now, op_id))
+        done = await engine.commit(what, read, lambda record: decide(record, now))
         return engine.state(done.record, now, done.change)
 
     async def _set_credits(
@@ -72,11 +70,11 @@ class Admin:
     ) -> BalanceState:
         """Set the balance to `target(record, now)`, with a row recording the difference."""
 
-        def decide(record: S.Record, now: datetime, op_id: ObjectId) -> Change:
+        def decide(record: S.Record, now: datetime) -> Change:
             before = record.state.balance
             after = target(record, now)
             row = L.row(
-                op_id, record.user, now, context=context, before=before, after=after,
+                record.user, now, context=context, before=before, after=after,
                 actor=actor, reason=reason,
             )  # fmt: skip
             return Change(S.set_fields({S.CREDITS: after}), row)
@@ -146,11 +144,11 @@ class Admin:
         """Set per-user fields (not the balance) of an existing user, with a ledger row of
         amount 0 recording what changed."""
 
-        def decide(record: S.Record, now: datetime, op_id: ObjectId) -> Change:
+        def decide(record: S.Record, now: datetime) -> Change:
             sets, recorded = fields(record)
             balance = record.state.balance
             row = L.row(
-                op_id, record.user, now, context=context, before=balance, after=balance,
+                record.user, now, context=context, before=balance, after=balance,
                 actor=actor, **recorded,
             )  # fmt: skip
             return Change(S.set_fields(sets), row)
@@ -213,14 +211,14 @@ class Admin:
         create = check_flag(create, what="create")
         engine = self._engine
 
-        def decide(record: S.Record, now: datetime, op_id: ObjectId) -> Change | None:
+        def decide(record: S.Record, now: datetime) -> Change | None:
             plan = plan_refill(engine.tiers, record.state, now, force=True)
             if plan is None or plan.after == plan.before:
                 return None
             return Change(
                 S.refill_update(plan, now, charge=0, mirrored=engine.mirrored(plan.tier)),
                 engine.refill_row(
-                    op_id, record, now, plan, context=L.REFILL_NOW, actor=actor, reason=reason
+                    record, now, plan, context=L.REFILL_NOW, actor=actor, reason=reason
                 ),
                 granted=plan.granted,
                 refilled=True,

@@ -89,13 +89,13 @@ class BalanceRefiller:
         async def read() -> S.Record:
             return await engine.read_or_create(user, now)
 
-        def decide(record: S.Record, op_id: ObjectId) -> Change | None:
+        def decide(record: S.Record) -> Change | None:
             plan = plan_refill(engine.tiers, record.state, now, needed)
             if plan is None:
                 return None
             return Change(
                 S.refill_update(plan, now, charge=0, mirrored=engine.mirrored(plan.tier)),
-                engine.refill_row(op_id, record, now, plan),
+                engine.refill_row(record, now, plan),
                 granted=plan.granted,
                 refilled=True,
             )
@@ -133,11 +133,13 @@ class BalanceRefiller:
                 if raw is not None:
                     record = await engine.settled(S.parse(raw))
                     outcome = spend_outcome(record.state, amount, seen=key in record.recent)
-                    return S.after_spend(record, outcome, amount, key)
+                    if outcome is SpendOutcome.INSUFFICIENT:
+                        return S.after_uncharged_spend(record)
+                    return record  # as it was before the charge (see `charged` below)
                 await engine.read_or_create(user, now)  # first seen: create, then charge
             return await engine.find(user)  # pragma: no cover - the document exists by now
 
-        def decide(record: S.Record, op_id: ObjectId) -> Change | None:
+        def decide(record: S.Record) -> Change | None:
             if outcome is not SpendOutcome.INSUFFICIENT:
                 return None
             plan = plan_refill(engine.tiers, record.state, now, needed=amount)
@@ -152,13 +154,15 @@ class BalanceRefiller:
                     mirrored=engine.mirrored(plan.tier),
                     request_key=key if charge else None,
                 ),
-                engine.refill_row(op_id, record, now, plan),
+                engine.refill_row(record, now, plan),
                 granted=plan.granted,
                 refilled=True,
                 charged=bool(charge),
             )
 
         done = await engine.commit("refill", read, decide)
+        if outcome is SpendOutcome.CHARGED:  # the one call charged: the record is from before
+            return engine.state(done.record, now, done.change, charged=amount)
         if outcome is SpendOutcome.INSUFFICIENT and not (done.change and done.change.charged):
             raise engine.refused(done.record, amount, now)
         return engine.state(done.record, now, done.change)

@@ -276,7 +276,7 @@ class Sweep:
                 tally.skipped[skip_reason(self.tiers, record.state, now)] += 1
                 continue
             op_id = ObjectId()
-            row = engine.refill_row(op_id, record, now, plan, trigger="sweep")
+            row = engine.refill_row(record, now, plan, trigger="sweep")
             update = S.refill_update(plan, now, charge=0, mirrored=engine.mirrored(plan.tier))
             planned.append(
                 (record, Change(update, row, granted=plan.granted, refilled=True), op_id)

@@ -11,6 +11,8 @@ import balance_refill
 
 PACKAGE = Path(balance_refill.__file__).parent
 DRIVER_MODULES = {"balance_refill._store"}
+NAMED_TUPLE_API = {"_replace", "_asdict", "_make", "_fields"}
+"""Public methods of named tuples, despite the underscore."""
 """The only modules allowed to import the driver's write/read API (`pymongo`)."""
 
 
@@ -115,6 +117,7 @@ def _private_uses(module: str, tree: ast.Module) -> list[str]:
             isinstance(node, ast.Attribute)
             and node.attr.startswith("_")
             and not node.attr.startswith("__")
+            and node.attr not in NAMED_TUPLE_API
             and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
         ):
             problems.append(f"{module}:{node.lineno}: .{node.attr}")
