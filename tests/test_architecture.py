@@ -59,7 +59,7 @@ def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, tree in modules.items():
         for target, _ in _imports(name, tree):
-            if target in modules and target != name and target != "balance_refill":
+            if target in modules and target not in (name, "balance_refill"):
                 graph[name].add(target)
     return graph
 

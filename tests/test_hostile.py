@@ -17,11 +17,11 @@ from balance_refill import (
     BalanceRefillError,
     InsufficientCredits,
     InvalidUserId,
+    PolicyFileError,
     RefillPolicy,
     TieredPolicy,
     UserNotFound,
 )
-from balance_refill import PolicyFileError
 from balance_refill.policy_file import load_policy_text
 from balance_refill.testing import CallLog
 
