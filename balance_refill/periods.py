@@ -76,10 +76,12 @@ class Interval:
         if self.months:
             return self.months, "months"
         seconds = int(self.delta.total_seconds())
+        if seconds < 1:  # a sub-second interval: LibreChat's smallest unit is one second
+            return 1, "seconds"
         for unit, name in (("w", "weeks"), ("d", "days"), ("h", "hours"), ("m", "minutes")):
             if seconds % _UNIT_SECONDS[unit] == 0:
                 return seconds // _UNIT_SECONDS[unit], name
-        return max(seconds, 1), "seconds"
+        return seconds, "seconds"
 
 
 @dataclass(frozen=True, slots=True)
