@@ -87,7 +87,7 @@ class Engine:
         user_ids: UserIdMode,
     ) -> None:
         self.tiers: TieredPolicy = as_tiered(policy)
-        self.store = Store(balances, ledger, attempts=retry_attempts, retry_delay=retry_delay)
+        self.store = Store(balances, attempts=retry_attempts, retry_delay=retry_delay)
         self.ledger = ledger
         self._leases = leases
         self._clock: Clock = clock or utc_now

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from ._validate import Credits, UserId
-from .decide import HISTORY_LENGTH, RefillPlan, UserState
+from .decide import RefillPlan, UserState
 from .periods import as_utc
 
 Document = Mapping[str, Any]
@@ -194,7 +194,7 @@ def refill_update(
         LAST_REFILL: now,
         REFILL_TIER: plan.tier,
         SPENT: charge,
-        HISTORY: list(plan.history[-HISTORY_LENGTH:]),
+        HISTORY: list(plan.history),  # already the last HISTORY_LENGTH periods (decide)
         **mirrored,
     }
     if plan.previous_tier is not None:

@@ -110,18 +110,12 @@ def _count(result: object, field: str) -> int:
 
 
 class Store:
-    """Driver calls on the balances collection, the optional ledger, and any other."""
+    """Driver calls on the balances collection, and on any other passed to a call."""
 
     def __init__(
-        self,
-        balances: AsyncCollection,
-        ledger: AsyncCollection | None,
-        *,
-        attempts: int = 3,
-        retry_delay: float = 0.05,
+        self, balances: AsyncCollection, *, attempts: int = 3, retry_delay: float = 0.05
     ) -> None:
         self.balances = balances
-        self.ledger = ledger
         self.attempts = max(1, attempts)
         self.retry_delay = retry_delay
         self._bulk = True  # False once the collection turned out not to run bulk updates
