@@ -19,10 +19,13 @@ twice; it then reports the state its own write produced.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from bson import ObjectId
 
@@ -38,9 +41,15 @@ from ._validate import (
     stored_user_id,
 )
 from .decide import RefillPlan, UserState, assigned_tier, auto_refill_on, next_refill, state_after
-from .errors import ConfigurationError, ContentionError, InsufficientCredits, UserNotFound
+from .errors import (
+    BalanceRefillError,
+    ConfigurationError,
+    ContentionError,
+    InsufficientCredits,
+    UserNotFound,
+)
 from .periods import as_utc
-from .policy import AnyPolicy, TieredPolicy, as_tiered
+from .policy import AnyPolicy, RefillPolicy, TieredPolicy, as_tiered
 from .state import BalanceState
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,8 @@ class Change:
     admin: S.Update | None = None
     """A keyed admin operation's entry, remembered in `recentAdmin` by the same write."""
     tier_changed: bool = False
+    policy_version: int | None = None
+    """The version of the stored policy that decided this change (None: a fixed policy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +94,31 @@ Decide = Callable[[S.Record], Change | None]
 """Given the record as read, the change to make, or None (nothing to write)."""
 
 
+class PolicySource(Protocol):
+    """Where a refiller reads its policy from at run time (a `PolicyStore`): the active
+    version number and policy."""
+
+    async def active(self) -> tuple[int, AnyPolicy]: ...
+
+
+DEFAULT_POLICY_REFRESH = timedelta(seconds=30)
+
+
 class Engine:
     """The store, the policy as tiers, the clock and the id rule, shared by the hot path,
-    the admin operations and the sweep; and the commit loop they all use."""
+    the admin operations and the sweep; and the commit loop they all use.
+
+    The policy is either fixed (a `RefillPolicy` or `TieredPolicy`) or read from a
+    `PolicySource` at most once per `policy_refresh` (`refresh`, awaited at the start of
+    every operation): every decision uses the version last read, and every ledger row
+    records it (`policyVersion`). A source that cannot be read keeps the last good
+    version (logged once); with none read yet, the operation fails with the source's
+    error."""
 
     def __init__(
         self,
         balances: AsyncCollection,
-        policy: AnyPolicy,
+        policy: AnyPolicy | PolicySource,
         *,
         ledger: AsyncCollection | None,
         leases: AsyncCollection | None,
@@ -101,8 +129,27 @@ class Engine:
         user_ids: UserIdMode,
         request_window: int = S.RECENT_WINDOW,
         retry_budget: float = RETRY_BUDGET,
+        policy_refresh: timedelta = DEFAULT_POLICY_REFRESH,
     ) -> None:
-        self.tiers: TieredPolicy = as_tiered(policy)
+        self.tiers: TieredPolicy
+        self.policy: AnyPolicy
+        self.policy_version: int | None = None
+        self._mirrored: dict[str, dict[str, object]] = {}
+        self.source: PolicySource | None = None
+        self._loaded_at: datetime | None = None
+        self._refresh = policy_refresh
+        self._lock = asyncio.Lock()
+        self._stale_logged = False
+        if isinstance(policy, RefillPolicy | TieredPolicy):
+            self.use(policy, None)
+        elif callable(getattr(policy, "active", None)):
+            if not isinstance(policy_refresh, timedelta) or policy_refresh < timedelta(0):
+                raise ConfigurationError(
+                    f"policy_refresh must be a non-negative timedelta, got {policy_refresh!r}"
+                )
+            self.source = policy
+        else:
+            as_tiered(policy)  # raises the ConfigurationError naming the type
         self.request_window = check_limit(request_window, what="request_window", low=1, high=10_000)
         self.store = Store(
             balances, attempts=retry_attempts, retry_delay=retry_delay, retry_budget=retry_budget
@@ -112,14 +159,52 @@ class Engine:
         self._clock: Clock = clock or utc_now
         self.max_attempts = max(1, max_attempts)
         self.user_ids: UserIdMode = check_user_id_mode(user_ids)
-        self._mirrored: dict[str, dict[str, object]] = {}
-        for name, tier_policy in self.tiers.tiers.items():
-            value, unit = tier_policy.period.librechat_fields()
-            self._mirrored[name] = {
-                S.REFILL_AMOUNT: tier_policy.amount,
-                S.INTERVAL_VALUE: value,
-                S.INTERVAL_UNIT: unit,
-            }
+
+    # -- the policy -------------------------------------------------------------------------
+
+    def use(self, policy: AnyPolicy, version: int | None) -> None:
+        """Decide with `policy` (version `version` of the source) from now on."""
+        tiers = as_tiered(policy)
+        mirrored = {name: _librechat_fields(p) for name, p in tiers.tiers.items()}
+        self.tiers, self._mirrored, self.policy = tiers, mirrored, policy
+        self.policy_version = version
+
+    async def refresh(self) -> None:
+        """With a policy source, read its active version if the last read is older than
+        `policy_refresh` (one call, at most once per refresh interval per process)."""
+        if self.source is None:
+            return
+        async with self._lock:
+            now = self.now()
+            if self._loaded_at is not None and now - self._loaded_at < self._refresh:
+                return
+            first = self._loaded_at is None
+            try:
+                version, policy = await self.source.active()
+            except BalanceRefillError as exc:
+                if first:
+                    raise
+                self._loaded_at = now  # try again after another refresh interval
+                if not self._stale_logged:
+                    self._stale_logged = True
+                    log.warning(
+                        "cannot read the active policy (%s); still deciding with version %s",
+                        exc,
+                        self.policy_version,
+                        extra={"policy_version": self.policy_version},
+                    )
+                return
+            self._loaded_at = now
+            self._stale_logged = False
+            if version != self.policy_version:
+                if not first:
+                    log.info(
+                        "policy version %s is now active (was %s)",
+                        version,
+                        self.policy_version,
+                        extra={"policy_version": version},
+                    )
+                self.use(policy, version)
 
     # -- shared helpers -------------------------------------------------------------------
 
@@ -136,7 +221,10 @@ class Engine:
 
     def mirrored(self, tier: str) -> Mapping[str, object]:
         """LibreChat's per-user refill fields for `tier` (mirrored for its UI, not obeyed)."""
-        return self._mirrored[tier]
+        fields = self._mirrored.get(tier)
+        if fields is None:  # a tier of a policy replaced since the decision was made
+            fields = self._mirrored[self.tiers.default_tier]
+        return fields
 
     def leases(self) -> AsyncCollection:
         """Where the sweep keeps its lease: the `leases` collection given, else
@@ -230,7 +318,13 @@ class Engine:
                 previousTier=plan.previous_tier,
                 **extra,
             )
-            return Change(update, tier_row, after=after, tier_changed=True)
+            return Change(
+                update,
+                tier_row,
+                after=after,
+                tier_changed=True,
+                policy_version=self.policy_version,
+            )
         return Change(
             update,
             self.refill_row(record, now, plan, context=context, **extra),
@@ -239,6 +333,7 @@ class Engine:
             charged=bool(charge),
             after=after,
             tier_changed=plan.previous_tier is not None,
+            policy_version=self.policy_version,
         )
 
     def refused(self, record: S.Record, amount: Credits, now: datetime) -> InsufficientCredits:
@@ -306,6 +401,8 @@ class Engine:
             change = decide(record)
             if change is None:
                 return Committed(record, None)
+            if self.policy_version is not None and change.policy_version is None:
+                change = dataclasses.replace(change, policy_version=self.policy_version)
             op_id = ObjectId()  # made only for a write: the hot path without one skips it
             after = await self._swap(what, record, change, op_id)
             if after is not None:
@@ -322,12 +419,15 @@ class Engine:
     def _marked(self, record: S.Record, change: Change, op_id: ObjectId) -> S.Update:
         if record.librechat_auto:
             switched_off(record.user)
-        return S.with_marker(
-            change.update,
-            op_id,
-            change.row if self.ledger is not None else None,
-            admin=change.admin,
-        )
+        row = self._row(change) if self.ledger is not None else None
+        return S.with_marker(change.update, op_id, row, admin=change.admin)
+
+    @staticmethod
+    def _row(change: Change) -> S.Update | None:
+        """The ledger row a change writes, with the policy version that decided it."""
+        if change.row is None or change.policy_version is None:
+            return change.row
+        return {**change.row, "policyVersion": change.policy_version}
 
     async def _swap(
         self, what: str, record: S.Record, change: Change, op_id: ObjectId
@@ -362,9 +462,8 @@ class Engine:
             )
             landed_ops = {op for d in landed for op in d.get(S.RECENT_OPS) or ()}
             applied = [p for p in planned if p[2] in landed_ops]
-        await self.settle(
-            [(rec.id, rec.user, {"_id": op, **ch.row}) for rec, ch, op in applied if ch.row]
-        )
+        rows = [(rec, self._row(ch), op) for rec, ch, op in applied]
+        await self.settle([(rec.id, rec.user, {"_id": op, **row}) for rec, row, op in rows if row])
         return applied, failed
 
     async def settle(self, pending: Sequence[tuple[object, object, S.Update]]) -> int:
@@ -412,6 +511,11 @@ class Engine:
             settled += await self.settle(pending)
             if len(docs) < batch_size:
                 return settled
+
+
+def _librechat_fields(policy: RefillPolicy) -> dict[str, object]:
+    value, unit = policy.period.librechat_fields()
+    return {S.REFILL_AMOUNT: policy.amount, S.INTERVAL_VALUE: value, S.INTERVAL_UNIT: unit}
 
 
 def switched_off(user: object) -> None:

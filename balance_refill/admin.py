@@ -59,6 +59,7 @@ class Admin:
         the key, a fingerprint of `intent` (the arguments that decide the effect) and its
         result, so a retry finds it instead of applying it again."""
         engine = self._engine
+        await engine.refresh()
         user = engine.user(user_id)
         key = fingerprint = None
         if request_id is not None:
@@ -252,6 +253,7 @@ class Admin:
         keeps the period of the tier it started under). `pinned=True` keeps activity
         rules from moving the user; `pinned=False` releases them; None leaves it.
         `reason` is recorded in the ledger row. `request_id`: see the class."""
+        await self._engine.refresh()
         tiers = self._engine.tiers
         if not isinstance(tier, str) or tier not in tiers.tiers:
             raise UnknownTier(

@@ -16,7 +16,7 @@ from datetime import timedelta
 from bson import ObjectId
 
 from . import _schema as S
-from ._engine import Change, Clock, Engine
+from ._engine import DEFAULT_POLICY_REFRESH, Change, Clock, Engine, PolicySource
 from ._store import RETRY_BUDGET, AsyncCollection, Store
 from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, check_text
 from .admin import Admin, LedgerRow
@@ -27,7 +27,7 @@ from .decide import (
     request_key,
     spend_outcome,
 )
-from .errors import DuplicateBalances, IdempotencyConflict
+from .errors import ConfigurationError, DuplicateBalances, IdempotencyConflict
 from .policy import AnyPolicy
 from .state import BalanceState
 from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
@@ -43,6 +43,13 @@ class BalanceRefiller:
     `user_ids` says how ids are stored (`"auto"`: a 24-hex string is an ObjectId, as
     LibreChat's Mongoose schema casts it; other strings and ints are kept).
 
+    `policy` is a `RefillPolicy` or `TieredPolicy`, or a `PolicyStore` (any object with
+    an async `active() -> (version, policy)`): then the active version is read at most
+    once per `policy_refresh` (30 s by default, measured on `clock`), every decision uses
+    the version last read and every ledger row records it as `policyVersion`. If the
+    store cannot be read the refiller keeps deciding with its last good version (and logs
+    once); with none read yet, the operation raises the store's error.
+
     `request_window` is how many spend request ids (with their amounts) each balance
     document remembers for idempotency (128 by default: a retry within the user's last
     128 spends is recognised). Transient driver errors (a lost connection, a paused
@@ -54,7 +61,7 @@ class BalanceRefiller:
     def __init__(
         self,
         balances: AsyncCollection,
-        policy: AnyPolicy,
+        policy: AnyPolicy | PolicySource,
         *,
         ledger: AsyncCollection | None = None,
         leases: AsyncCollection | None = None,
@@ -65,8 +72,8 @@ class BalanceRefiller:
         retry_budget: float = RETRY_BUDGET,
         request_window: int = S.RECENT_WINDOW,
         user_ids: UserIdMode = "auto",
+        policy_refresh: timedelta = DEFAULT_POLICY_REFRESH,
     ) -> None:
-        self.policy = policy
         self._engine = Engine(
             balances,
             policy,
@@ -79,10 +86,31 @@ class BalanceRefiller:
             retry_budget=retry_budget,
             request_window=request_window,
             user_ids=user_ids,
+            policy_refresh=policy_refresh,
         )
         self.admin = Admin(self._engine)
         """The admin operations (`grant`, `set_balance`, `set_tier`, `set_auto_refill`,
         `refill_now`, `history`); also callable on the refiller itself."""
+
+    @property
+    def policy(self) -> AnyPolicy:
+        """The policy decisions use now (with a store: the version read last; call an
+        operation, or `await refresh_policy()`, to read it first)."""
+        engine = self._engine
+        if not hasattr(engine, "policy"):
+            raise ConfigurationError("no policy read yet: await refiller.refresh_policy() first")
+        return engine.policy
+
+    @property
+    def policy_version(self) -> int | None:
+        """The stored policy's version in use (None: a fixed policy, or none read yet)."""
+        return self._engine.policy_version
+
+    async def refresh_policy(self) -> AnyPolicy:
+        """Read the store's active version now if the last read is older than
+        `policy_refresh`; returns the policy in use."""
+        await self._engine.refresh()
+        return self.policy
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -94,6 +122,8 @@ class BalanceRefiller:
         no refill happens; a refill with its ledger row takes at most four.
         """
         engine = self._engine
+        if engine.source is not None:
+            await engine.refresh()
         user = engine.user(user_id)
         needed = check_amount(needed, what="needed", allow_zero=True)
         now = engine.now()
@@ -121,6 +151,8 @@ class BalanceRefiller:
         LibreChat's in-flight requests are not spendable.
         """
         engine = self._engine
+        if engine.source is not None:
+            await engine.refresh()
         user = engine.user(user_id)
         amount = check_amount(amount, what="amount")
         if request_id is None:
@@ -172,6 +204,8 @@ class BalanceRefiller:
     async def get_state(self, user_id: UserId) -> BalanceState:
         """The user's state, read only: creates nothing, changes nothing (one call)."""
         engine = self._engine
+        if engine.source is not None:
+            await engine.refresh()
         user = engine.user(user_id)
         now = engine.now()
         return engine.state(await engine.find(user), now)
@@ -282,6 +316,7 @@ class BalanceRefiller:
         in that window; `dry_run` writes nothing and takes no lease; `limit` caps the
         users scanned; `progress(scanned, total)` is called after each batch.
         """
+        await self._engine.refresh()
         return await Sweep(
             self._engine,
             active_within=active_within,

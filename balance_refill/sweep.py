@@ -321,6 +321,7 @@ class Sweep:
 
     async def _process(self, records: list[S.Record], now: datetime, tally: _Tally) -> None:
         engine = self.engine
+        self.tiers = engine.tiers  # the policy version read last (a stored policy may change)
         planned: list[tuple[S.Record, Change, ObjectId]] = []
         plans: dict[ObjectId, RefillPlan] = {}
         active = await self._active(records, now) if self.ledger_activity else None
