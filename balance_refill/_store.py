@@ -70,6 +70,10 @@ class AsyncCollection(Protocol):
 
     async def count_documents(self, filter: Mapping[str, Any]) -> int: ...
 
+    async def estimated_document_count(self) -> int: ...
+
+    async def index_information(self) -> Mapping[str, Any]: ...
+
     async def create_index(self, keys: IndexKeys, *, name: str, sparse: bool = False) -> str: ...
 
     async def bulk_write(self, requests: list[UpdateOne], ordered: bool = True) -> Any: ...
@@ -260,6 +264,21 @@ class Store:
             f"create index on {collection.name}",
             lambda: collection.create_index(list(keys), **options),
         )
+
+    async def estimated_count(self, collection: AsyncCollection) -> int:
+        """The collection's document count from its metadata (no scan)."""
+        return int(
+            await self.run(
+                f"count {collection.name}", lambda: collection.estimated_document_count()
+            )
+        )
+
+    async def index_keys(self, collection: AsyncCollection) -> dict[str, list[tuple[str, int]]]:
+        """The collection's indexes: name -> key pattern."""
+        info = await self.run(
+            f"list indexes of {collection.name}", lambda: collection.index_information()
+        )
+        return {str(n): [(str(k), v) for k, v in spec.get("key", [])] for n, spec in info.items()}
 
     async def count(self, collection: AsyncCollection, filter_: Update) -> int:
         return int(

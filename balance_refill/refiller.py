@@ -16,6 +16,7 @@ from bson import ObjectId
 
 from . import _schema as S
 from ._engine import Change, Clock, Engine
+from .directory import Directory
 from ._store import AsyncCollection, Store
 from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, check_text
 from .admin import Admin, LedgerRow
@@ -71,6 +72,8 @@ class BalanceRefiller:
         self.admin = Admin(self._engine)
         """The admin operations (`grant`, `set_balance`, `set_tier`, `set_auto_refill`,
         `refill_now`, `history`); also callable on the refiller itself."""
+        self.directory = Directory(self._engine)
+        """Read-only lookups for admin tools (find users, lists, history, overview)."""
 
     # -- the hot path ---------------------------------------------------------------------
 

@@ -286,7 +286,7 @@ def serve(
     try:
         import uvicorn  # noqa: PLC0415 - the `web` extra, only needed to serve
 
-        from balance_refill.cli._connect import connect  # noqa: PLC0415
+        from balance_refill._connect import connect  # noqa: PLC0415
     except ImportError as exc:
         return _fail(err, f"needs the web extra: pip install 'balance_refill[web]' ({exc.name})")
     demo = uri is None
