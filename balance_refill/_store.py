@@ -267,17 +267,11 @@ class Store:
 
     async def estimated_count(self, collection: AsyncCollection) -> int:
         """The collection's document count from its metadata (no scan)."""
-        return int(
-            await self.run(
-                f"count {collection.name}", lambda: collection.estimated_document_count()
-            )
-        )
+        return int(await self.run(f"count {collection.name}", collection.estimated_document_count))
 
     async def index_keys(self, collection: AsyncCollection) -> dict[str, list[tuple[str, int]]]:
         """The collection's indexes: name -> key pattern."""
-        info = await self.run(
-            f"list indexes of {collection.name}", lambda: collection.index_information()
-        )
+        info = await self.run(f"list indexes of {collection.name}", collection.index_information)
         return {str(n): [(str(k), v) for k, v in spec.get("key", [])] for n, spec in info.items()}
 
     async def count(self, collection: AsyncCollection, filter_: Update) -> int:

@@ -24,6 +24,7 @@ Cost at 10 million users, with the indexes in place (one round trip each):
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import re
@@ -213,7 +214,7 @@ class Directory:
         """Per collection, the lookup indexes not found (matched by key pattern)."""
         missing: dict[str, list[str]] = {}
         for label, collection in self._collections().items():
-            present = [keys for keys in (await self._engine.store.index_keys(collection)).values()]
+            present = list((await self._engine.store.index_keys(collection)).values())
             names = [name for name, keys in LOOKUP_INDEXES[label] if keys not in present]
             if names:
                 missing[label] = names
@@ -260,10 +261,8 @@ class Directory:
         limit = check_limit(limit, what="limit", low=1, high=200)
         store = self._engine.store
         ids: list[object] = []
-        try:
+        with contextlib.suppress(InvalidUserId):
             ids.append(self._engine.user(text))
-        except InvalidUserId:
-            pass
         profiles: dict[object, Mapping[str, Any]] = {}
         missing: list[str] = []
         users = self.users

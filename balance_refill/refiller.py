@@ -16,7 +16,6 @@ from bson import ObjectId
 
 from . import _schema as S
 from ._engine import Change, Clock, Engine
-from .directory import Directory
 from ._store import AsyncCollection, Store
 from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, check_text
 from .admin import Admin, LedgerRow
@@ -27,6 +26,7 @@ from .decide import (
     request_key,
     spend_outcome,
 )
+from .directory import Directory
 from .errors import DuplicateBalances
 from .policy import AnyPolicy
 from .state import BalanceState
