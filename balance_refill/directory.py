@@ -114,6 +114,14 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A user's document version (see `Directory.snapshot`) and spend per period."""
+
+    version: str
+    spend_history: list[float]
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """Refill and admin rows written in one window (`partial`: the scan cap was hit)."""
 
@@ -199,14 +207,22 @@ class Directory:
         )
         return History([dict(r) for r in rows], ledger=True)
 
-    async def version(self, user_id: UserId) -> str:
-        """What an admin change alters on the user's document, as a short hash: the op id
-        of the last refill or admin change, the tier, the pause and the pin (spends are
-        left out, so a chatting user's review is not made stale by every message)."""
+    async def snapshot(self, user_id: UserId) -> Snapshot:
+        """The user's document version and stored spend history, in one read.
+
+        The version is what an admin change alters, as a short hash: the op id of the
+        last refill or admin change, the tier, the pause and the pin. Spends are left
+        out, so a chatting user's review is not made stale by every message."""
         record = await self._engine.find(self._engine.user(user_id))
         s = record.state
         seen = repr((str(record.op_id), s.tier, s.paused, s.pinned, str(record.id)))
-        return hashlib.sha256(seen.encode()).hexdigest()[:24]
+        return Snapshot(hashlib.sha256(seen.encode()).hexdigest()[:24], list(s.history))
+
+    async def person(self, user_id: UserId) -> Person | None:
+        """The user's LibreChat profile (email, name), if the users collection has one."""
+        user = self._engine.user(user_id)
+        profile = (await self._profiles([user])).get(user)
+        return None if profile is None else self._person(user, None, profile)
 
     # -- indexes --------------------------------------------------------------------------
 
