@@ -150,6 +150,25 @@ def _escape_prefix(text: str) -> dict[str, str]:
     return {"$regex": "^" + re.escape(text)}
 
 
+ID_TYPES = ["number", "string", "object", "array", "binData", "objectId", "bool", "date"]
+"""BSON's sort order of the types an `_id` can have."""
+
+
+def after_id(doc_id: object) -> dict[str, Any]:
+    """`_id` after `doc_id` in sort order, across types (`$gt` alone stays within one
+    type: a page of string ids would never reach the ObjectIds after them)."""
+    kind = (
+        "number" if isinstance(doc_id, int | float) and not isinstance(doc_id, bool)
+        else "string" if isinstance(doc_id, str)
+        else "objectId" if isinstance(doc_id, ObjectId)
+        else None
+    )  # fmt: skip
+    if kind is None:
+        return {"_id": {"$gt": doc_id}}
+    later = ID_TYPES[ID_TYPES.index(kind) + 1 :]
+    return {"$or": [{"_id": {"$gt": doc_id}}, *({"_id": {"$type": t}} for t in later)]}
+
+
 def encode_cursor(value: object, doc_id: object) -> str:
     raw = json_util.dumps([value, doc_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -393,11 +412,11 @@ class Directory:
                 match = {
                     "$or": [
                         {field_: {"$gt": value, "$lte": 0}},
-                        {field_: value, "_id": {"$gt": doc_id}},
+                        {"$and": [{field_: value}, after_id(doc_id)]},
                     ]
                 }
             else:
-                match = {**match, "_id": {"$gt": doc_id}}
+                match = {"$and": [match, after_id(doc_id)]}
         sort = index[1] if kind == "zero" else [("_id", 1)]
         docs = await store.iterate(store.balances, match, sort=sort, limit=limit + 1)
         shown = docs[:limit]
