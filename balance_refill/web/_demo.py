@@ -43,7 +43,9 @@ DEMO_USERS: tuple[tuple[object, int], ...] = (
 PROFILES = (
     {"_id": ALICE, "email": "alice@example.com", "name": "Alice Martin", "username": "alice"},
     {"_id": BOB, "email": "bob@example.com", "name": "Bob Okafor", "username": "bobo"},
-)
+    {"_id": ObjectId("65f1c0ffee0000000000c0c0"), "email": "alicia@example.com",
+     "name": "Alicia Keyes", "username": "alicia"},  # signed up, never chatted: no balance
+)  # fmt: skip
 
 
 def librechat_turn(
