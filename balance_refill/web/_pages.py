@@ -16,10 +16,10 @@ from balance_refill.directory import Listing
 from balance_refill.errors import BalanceRefillError, InvalidArgument, InvalidUserId, UserNotFound
 from balance_refill.policy import as_tiered
 
-from . import _rows
 from ._charts import balance_line, spend_bars
 from ._forms import ACTIONS, FieldErrors, parse_user, user_param
 from ._render import Base
+from ._rows import points, with_balances
 
 HISTORY_CAP = 1000  # the directory returns at most 1,000 rows: the table pages within them
 CHART_ROWS = 200  # the balance chart shows the newest 200 rows
@@ -126,7 +126,7 @@ class Pages(Base):
         history = await self.directory.history(state.user_id, limit)
         snapshot = await self.directory.snapshot(state.user_id)
         person = await self.directory.person(state.user_id)
-        rows = _rows.with_balances(history.rows, state.balance)
+        rows = with_balances(history.rows, state.balance)
         reasons = await self.forms.reasons([r.id for r in rows[(page - 1) * per : page * per]])
         for row in rows:
             row.reason = row.reason or reasons.get(row.id, "")
@@ -139,7 +139,7 @@ class Pages(Base):
         title = "Balance over time" + (
             " (rebuilt from the rows' amounts where a row has no balanceAfter)" if rebuilt else ""
         )
-        points = _rows.points(rows[:CHART_ROWS], self.clock(), state.balance)
+        series = points(rows[:CHART_ROWS], self.clock(), state.balance)
         return self.render(
             request,
             "user.html",
@@ -155,7 +155,7 @@ class Pages(Base):
             more=more,
             notice=notice,
             new_row=new_row,
-            balance_chart=balance_line(points, title) if points else None,
+            balance_chart=balance_line(series, title) if series else None,
             balance_rebuilt=rebuilt,
             spend_chart=spend_bars(snapshot.spend_history, state.spent_since_refill),
             tiers=list(as_tiered(self.refiller.policy).tiers),
