@@ -210,6 +210,26 @@ async def test_a_second_tab_with_other_values_is_told_what_changed(page: Page) -
     assert (await page.refiller.get_state(ALICE)).balance == 10_300
 
 
+async def test_five_concurrent_confirms_apply_once_with_one_consistent_notice(
+    page: Page,
+) -> None:
+    """Finding 10: five confirmations of one review at once: one grant, and no page
+    says both "applied once" and "no ledger row was written"."""
+    user_page = (await page.user()).text
+    review = await page.review("grant", user_page, amount="300", reason="race")
+    data = confirm_form(review.text)
+    answers = await asyncio.gather(*(page.client.post("/users/grant", data=data) for _ in range(5)))
+    texts = []
+    for answer in answers:
+        if answer.status_code == 303:
+            answer = await page.client.get("/users?" + answer.headers["location"].split("?")[1])
+        texts.append(answer.text.lower())
+    for text in texts:
+        assert not ("applied once" in text and "no ledger row was written" in text)
+    assert sum("already" in t for t in texts) == 4
+    assert (await page.refiller.get_state(ALICE)).balance == 10_300
+
+
 # -- 3, 4, 5, 11. the standalone server's sessions --------------------------------------------
 
 
