@@ -70,10 +70,6 @@ class AsyncCollection(Protocol):
 
     async def count_documents(self, filter: Mapping[str, Any]) -> int: ...
 
-    async def estimated_document_count(self) -> int: ...
-
-    async def index_information(self) -> Mapping[str, Any]: ...
-
     async def create_index(self, keys: IndexKeys, *, name: str, sparse: bool = False) -> str: ...
 
     async def bulk_write(self, requests: list[UpdateOne], ordered: bool = True) -> Any: ...
@@ -267,11 +263,14 @@ class Store:
 
     async def estimated_count(self, collection: AsyncCollection) -> int:
         """The collection's document count from its metadata (no scan)."""
-        return int(await self.run(f"count {collection.name}", collection.estimated_document_count))
+        # Not in AsyncCollection: only the admin directory asks, and every driver has it.
+        count = getattr(collection, "estimated_document_count")  # noqa: B009 - see above
+        return int(await self.run(f"count {collection.name}", count))
 
     async def index_keys(self, collection: AsyncCollection) -> dict[str, list[tuple[str, int]]]:
         """The collection's indexes: name -> key pattern."""
-        info = await self.run(f"list indexes of {collection.name}", collection.index_information)
+        listing = getattr(collection, "index_information")  # noqa: B009 - as estimated_count
+        info = await self.run(f"list indexes of {collection.name}", listing)
         return {str(n): [(str(k), v) for k, v in spec.get("key", [])] for n, spec in info.items()}
 
     async def count(self, collection: AsyncCollection, filter_: Update) -> int:
