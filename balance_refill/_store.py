@@ -324,6 +324,18 @@ class Store:
             lambda: collection.create_index(list(keys), **options),
         )
 
+    async def estimated_count(self, collection: AsyncCollection) -> int:
+        """The collection's document count from its metadata (no scan)."""
+        # Not in AsyncCollection: only the admin directory asks, and every driver has it.
+        count = getattr(collection, "estimated_document_count")  # noqa: B009 - see above
+        return int(await self.run(f"count {collection.name}", count))
+
+    async def index_keys(self, collection: AsyncCollection) -> dict[str, list[tuple[str, int]]]:
+        """The collection's indexes: name -> key pattern."""
+        listing = getattr(collection, "index_information")  # noqa: B009 - as estimated_count
+        info = await self.run(f"list indexes of {collection.name}", listing)
+        return {str(n): [(str(k), v) for k, v in spec.get("key", [])] for n, spec in info.items()}
+
     async def count(self, collection: AsyncCollection, filter_: Update) -> int:
         return int(
             await self.run(f"count {collection.name}", lambda: collection.count_documents(filter_))

@@ -27,6 +27,7 @@ from .decide import (
     request_key,
     spend_outcome,
 )
+from .directory import Directory
 from .errors import ConfigurationError, DuplicateBalances, IdempotencyConflict
 from .policy import AnyPolicy
 from .state import BalanceState
@@ -91,6 +92,8 @@ class BalanceRefiller:
         self.admin = Admin(self._engine)
         """The admin operations (`grant`, `set_balance`, `set_tier`, `set_auto_refill`,
         `refill_now`, `history`); also callable on the refiller itself."""
+        self.directory = Directory(self._engine)
+        """Read-only lookups for admin tools (find users, lists, history, overview)."""
 
     @property
     def policy(self) -> AnyPolicy:

@@ -10,7 +10,7 @@ from pathlib import Path
 import balance_refill
 
 PACKAGE = Path(balance_refill.__file__).parent
-DRIVER_MODULES = {"balance_refill._store"}
+DRIVER_MODULES = {"balance_refill._store", "balance_refill._connect"}  # _connect opens the client
 NAMED_TUPLE_API = {"_replace", "_asdict", "_make", "_fields"}
 """Public methods of named tuples, despite the underscore."""
 """The only modules allowed to import the driver's write/read API (`pymongo`)."""

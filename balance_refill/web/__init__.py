@@ -6,10 +6,11 @@
 
 A Starlette app with server-rendered Jinja2 templates (autoescaped), no JavaScript and no
 build step. It calls only the library's public API (`refiller.admin`, `get_state`,
-`sweep(dry_run=True)`); the overview's counts read the collections the host passes.
+`sweep(dry_run=True)`, `refiller.directory`).
 `balance_refill.web.serve` runs it on its own (`balance-refill serve`).
 """
 
-from ._app import Authorize, admin_app
+from ._app import admin_app
+from ._render import Authorize
 
 __all__ = ["Authorize", "admin_app"]

@@ -3,11 +3,17 @@
 Rules:
 
 * The admin token comes from `BALANCE_REFILL_ADMIN_TOKEN` (at least 16 characters). It is
-  posted once on the sign-in page, compared in constant time, and then kept as a signed
-  session cookie (Secure, HttpOnly, SameSite=Strict, 12 hours) naming the actor.
+  posted once on the sign-in page and compared in constant time; sign-in attempts are
+  rate-limited per address and in total (`_sessions`). A signed-in operator holds a
+  server-side session (Secure, HttpOnly, SameSite=Strict cookie) that ends at sign-out,
+  after 30 idle minutes, or 8 hours after sign-in.
 * Without a token the server refuses to start, unless it is bound to 127.0.0.1 and
   started with `insecure_local=True` (`--insecure-local`): then everyone who can reach
   the loopback port is the actor "local", and every page says so.
+* Plain http on an address other than loopback is refused at start: the token and the
+  session would cross the network unencrypted, and browsers drop the Secure cookie.
+  `--behind-tls-proxy` says a TLS-terminating reverse proxy is in front (its
+  `X-Forwarded-*` headers are trusted from `--forwarded-allow-ips`).
 * With no `uri` (no `MONGODB_URI`), it serves embedded demo data (an in-memory mock,
   seeded with a few users), labelled as demo data on every page.
 """
@@ -16,109 +22,56 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
-import hmac
 import os
 import re
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from bson import ObjectId
-from jinja2 import Environment, PackageLoader
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from balance_refill import (
     BalanceRefiller,
     BalanceRefillError,
-    InsufficientCredits,
     RefillPolicy,
     TieredPolicy,
-    TierRule,
     load_policy_file,
 )
 from balance_refill.policy import AnyPolicy
 
 from ._app import admin_app
-from ._security import (
-    CSRF_FIELD,
-    SecurityHeaders,
-    csrf_ok,
-    csrf_token,
-    set_csrf_cookie,
+from ._demo import DEMO_BANNER, DEMO_POLICY, seed_demo
+from ._render import Base
+from ._security import CSRF_FIELD, SecurityHeaders, UsedForms, csrf_ok, loopback
+from ._sessions import (
+    SESSION_COOKIE,
+    SESSION_IDLE,
+    SESSION_TTL,
+    Sessions,
+    SignInLimits,
+    token_matches,
 )
 
 TOKEN_ENV = "BALANCE_REFILL_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
 MIN_TOKEN_LENGTH = 16
-SESSION_COOKIE = "br_session"
-SESSION_TTL = timedelta(hours=12)
-NAME = re.compile(r"[\w.@+-]{1,64}")
+NAME = re.compile(r"[\w.@+-]{1,64}", re.ASCII)
 LOOPBACK = "127.0.0.1"
-DEMO_BANNER = "Demo data: an in-memory database seeded with example users; nothing here is real and it is gone when the server stops."
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 INSECURE_BANNER = "Insecure local mode: no sign-in; anyone who can reach 127.0.0.1 on this machine can change balances."
-
-DEMO_POLICY = TieredPolicy(
-    tiers={
-        "free": RefillPolicy(amount=10_000, interval="30d", start_balance=20_000),
-        "pro": RefillPolicy(
-            amount=50_000,
-            interval="30d",
-            mode="add",
-            threshold=25_000,
-            max_balance=100_000,
-            start_balance=50_000,
-        ),
-    },
-    default_tier="free",
-    rules=(
-        TierRule(from_tier="free", to_tier="pro", min_usage=0.8, periods=2, of_last=3),
-        TierRule(from_tier="pro", to_tier="free", max_usage=0.1, periods=3, of_last=3),
-    ),
-)
-DEMO_USERS: tuple[tuple[object, int], ...] = (
-    (ObjectId("65f1c0ffee0000000000a11c"), 420),  # a LibreChat user id
-    ("ben@example.com", 1_900),
-    (42, 90),
-    (ObjectId("65f1c0ffee0000000000b0b0"), 0),
+PLAIN_HTTP = (
+    "This page was reached over plain http from another address, so your browser refuses "
+    "the Secure session cookie and you cannot stay signed in. Open it through https (the "
+    "TLS proxy's address); nothing was changed."
 )
 
-
-def _key(token: str) -> bytes:
-    return hashlib.sha256(b"balance_refill session\x00" + token.encode()).digest()
-
-
-def session_cookie(token: str, name: str, issued: int) -> str:
-    """A signed session naming the actor: `name.issued.mac` (name base64url-encoded)."""
-    encoded = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-    payload = f"{encoded}.{issued}"
-    mac = hmac.new(_key(token), payload.encode(), hashlib.sha256).hexdigest()
-    return f"{payload}.{mac}"
-
-
-def session_actor(token: str, cookie: str | None, now: float) -> str | None:
-    """The actor a session cookie names, if its MAC is right and it has not expired."""
-    if not cookie or cookie.count(".") != 2:
-        return None
-    encoded, issued, mac = cookie.split(".")
-    expected = hmac.new(_key(token), f"{encoded}.{issued}".encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, mac):
-        return None
-    if not issued.isdigit() or not 0 <= now - int(issued) <= SESSION_TTL.total_seconds():
-        return None
-    try:
-        name = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return name if NAME.fullmatch(name) else None
+__all__ = ["SESSION_COOKIE", "SESSION_IDLE", "SESSION_TTL", "TOKEN_ENV", "main", "serve",
+           "standalone_app"]  # fmt: skip
 
 
 def standalone_app(
@@ -128,66 +81,79 @@ def standalone_app(
     balances: Any | None = None,
     ledger: Any | None = None,
     forms: Any | None = None,
+    users: Any | None = "users",
     banner: str | None = None,
     lifespan: Any | None = None,
+    sessions: Sessions | None = None,
+    limits: SignInLimits | None = None,
 ) -> Starlette:
     """The admin pages behind a token sign-in (or, with `token=None`, open: only for
     `--insecure-local`, which `serve` checks)."""
-    env = Environment(loader=PackageLoader("balance_refill.web", "templates"), autoescape=True)
     if token is None:
         banner = f"{INSECURE_BANNER} {banner or ''}".strip()
+    live = sessions or Sessions()
+    limit = limits or SignInLimits()
 
     def authorize(request: Request) -> str | None:
         if token is None:
             return "local"
-        return session_actor(token, request.cookies.get(SESSION_COOKIE), time.time())
+        return live.actor(request.cookies.get(SESSION_COOKIE))
+
+    def binding(request: Request, actor: str | None) -> str:
+        return "local" if token is None else live.binding(request.cookies.get(SESSION_COOKIE))
+
+    page = Base(
+        refiller, authorize, directory=refiller.directory, forms=UsedForms(None), banner=banner,
+        login_url=None, logout_url=None, page_size=25, clock=lambda: datetime.now(UTC), binding=binding,
+    )  # fmt: skip
 
     def login_page(
-        request: Request, status: int = 200, errors: dict[str, str] | None = None, name: str = ""
+        request: Request,
+        status: int = 200,
+        errors: dict[str, str] | None = None,
+        name: str = "",
+        headers: dict[str, str] | None = None,
     ) -> Response:
-        csrf, new = csrf_token(request)
-        html = env.get_template("login.html").render(
-            base="", csrf=csrf, csrf_field=CSRF_FIELD, banner=banner, actor=None,
-            logout_url=None, login_url=None, errors=errors or {}, name=name,
-        )  # fmt: skip
-        response = HTMLResponse(html, status_code=status)
-        if new:
-            set_csrf_cookie(response, request, csrf)
-        return response
+        return page.render(request, "login.html", status, errors=errors or {}, name=name,
+                           headers=headers)  # fmt: skip
 
     async def login_form(request: Request) -> Response:
         return login_page(request)
 
     async def login(request: Request) -> Response:
         form = await request.form()
-        if not csrf_ok(request, form.get(CSRF_FIELD)):
+        if not csrf_ok(request, form.get(CSRF_FIELD), binding(request, None)):
             return login_page(request, 403, {"token": "The form expired: sign in again."})
+        address = request.client.host if request.client else "unknown"
+        wait = limit.attempt(address)
+        if wait:
+            message = f"Too many sign-in attempts: try again in {wait} seconds."
+            return login_page(request, 429, {"token": message}, headers={"Retry-After": str(wait)})
         name = str(form.get("name") or "").strip()
-        given = str(form.get("token") or "")
+        right = token is not None and token_matches(str(form.get("token") or ""), token)
         errors: dict[str, str] = {}
         if not NAME.fullmatch(name):
             errors["name"] = "Letters, digits and . @ + - _ only, 1 to 64 characters."
-        if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+        if not right:
             errors["token"] = "That is not the admin token."  # noqa: S105 - a message
         if errors:
-            status = 401 if "token" in errors else 400
-            return login_page(request, status, errors, name)
+            return login_page(request, 401 if "token" in errors else 400, errors, name)
+        limit.succeeded(address)
+        if request.url.scheme != "https" and not loopback(request):
+            return login_page(request, 400, {"token": PLAIN_HTTP}, name)
+        live.end(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            SESSION_COOKIE,
-            session_cookie(token or "", name, int(time.time())),
-            max_age=int(SESSION_TTL.total_seconds()),
-            path="/",
-            secure=True,
-            httponly=True,
-            samesite="strict",
-        )
+            SESSION_COOKIE, live.start(name), max_age=int(SESSION_TTL), path="/", secure=True,
+            httponly=True, samesite="strict",
+        )  # fmt: skip
         return response
 
     async def logout(request: Request) -> Response:
         form = await request.form()
-        if not csrf_ok(request, form.get(CSRF_FIELD)):
+        if not csrf_ok(request, form.get(CSRF_FIELD), binding(request, None)):
             return login_page(request, 403, {"token": "The form expired."})
+        live.end(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
                                samesite="strict")  # fmt: skip
@@ -199,9 +165,11 @@ def standalone_app(
         balances=balances,
         ledger=ledger,
         forms=forms,
+        users=users,
         banner=banner,
         login_url=None if token is None else "/login",
         logout_url=None if token is None else "/logout",
+        csrf_binding=binding,
     )
     app = Starlette(
         routes=[
@@ -214,35 +182,6 @@ def standalone_app(
     )
     app.add_middleware(SecurityHeaders)
     return app
-
-
-async def seed_demo(refiller_for: Any, balances: Any, ledger: Any) -> None:
-    """Fill the demo database: four users, about 95 days of spending, refills and grants."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    clock_now = [now - timedelta(days=95)]
-    sim = refiller_for(lambda: clock_now[0])
-    for day in range(95):
-        clock_now[0] = now - timedelta(days=95 - day, hours=-9)
-        for i, (user, cost) in enumerate(DEMO_USERS):
-            if cost == 0:  # a user who ran out: created, then set to zero by hand
-                if day == 0:
-                    await sim.ensure_balance(user)
-                    await sim.admin.set_balance(user, 0, actor="demo-admin", reason="trial ended")
-                continue
-            if (day + i) % (1 + i) != 0:
-                continue
-            await sim.ensure_balance(user)
-            for _ in range(3):
-                clock_now[0] += timedelta(minutes=17)
-                with contextlib.suppress(InsufficientCredits):
-                    await sim.spend(user, cost)
-        if day == 40:
-            await sim.admin.grant(
-                "ben@example.com", 5_000, actor="demo-admin", reason="goodwill: outage on Oct 2"
-            )
-            await sim.admin.set_tier(DEMO_USERS[0][0], "pro", actor="demo-admin", pinned=True)
-        if day == 60:
-            await sim.admin.set_auto_refill(42, False, actor="demo-admin")
 
 
 def _fail(out: TextIO, message: str) -> int:
@@ -261,6 +200,10 @@ def serve(
     balances_collection: str = "balances",
     transactions_collection: str = "transactions",
     user_ids: Any = "auto",
+    users_collection: str = "users",
+    behind_tls_proxy: bool = False,
+    forwarded_allow_ips: str = LOOPBACK,
+    create_lookup_indexes: bool = False,
     log_level: str = "info",
     out: TextIO | None = None,
 ) -> int:
@@ -281,12 +224,20 @@ def serve(
         return _fail(err, f"{TOKEN_ENV} is too short (at least {MIN_TOKEN_LENGTH} characters)")
     if token is not None and insecure_local:
         return _fail(err, f"--insecure-local and {TOKEN_ENV} exclude each other")
+    if host not in LOOPBACK_HOSTS and not behind_tls_proxy:
+        return _fail(
+            err,
+            f"refusing plain http on {host}: the admin token and session would cross the "
+            "network unencrypted (and browsers drop the Secure cookie); bind to "
+            f"{LOOPBACK}, or put a TLS-terminating reverse proxy in front and pass "
+            "--behind-tls-proxy",
+        )
     if not 0 < port < 65536:
         return _fail(err, f"port must be 1-65535, got {port}")
     try:
         import uvicorn  # noqa: PLC0415 - the `web` extra, only needed to serve
 
-        from balance_refill.cli._connect import connect  # noqa: PLC0415
+        from balance_refill._connect import connect  # noqa: PLC0415
     except ImportError as exc:
         return _fail(err, f"needs the web extra: pip install 'balance_refill[web]' ({exc.name})")
     demo = uri is None
@@ -310,6 +261,7 @@ def serve(
             return _fail(err, str(exc))
     balances = conn.collection(balances_collection)
     ledger = conn.collection(transactions_collection)
+    users = conn.collection(users_collection)
 
     def make(clock: Any = None) -> BalanceRefiller:
         return BalanceRefiller(balances, chosen, ledger=ledger, clock=clock, user_ids=user_ids)
@@ -318,7 +270,12 @@ def serve(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if demo:
             await make().ensure_indexes()
-            await seed_demo(make, balances, ledger)
+            await seed_demo(make, balances, ledger, users)
+        if create_lookup_indexes:
+            made = await make().directory.with_users(users).create_lookup_indexes()
+            err.write(
+                f"balance-refill serve: created indexes: {', '.join(made) or 'none missing'}\n"
+            )
         try:
             yield
         finally:
@@ -329,14 +286,17 @@ def serve(
         token=token,
         balances=balances,
         ledger=ledger,
+        users=users,
         banner=DEMO_BANNER if demo else None,
         lifespan=lifespan,
     )
     where = "demo data (in memory)" if demo else "the database at MONGODB_URI"
-    err.write(f"balance-refill serve: http://{host}:{port}/ on {where}\n")
+    scheme = "https (through the proxy)" if behind_tls_proxy else "http"
+    err.write(f"balance-refill serve: {scheme} {host}:{port} on {where}\n")
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, server_header=False, lifespan="on"
-    )
+        app, host=host, port=port, log_level=log_level, server_header=False, lifespan="on",
+        proxy_headers=behind_tls_proxy, forwarded_allow_ips=forwarded_allow_ips,
+    )  # fmt: skip
     asyncio.run(uvicorn.Server(config).serve())
     return 0
 
@@ -349,6 +309,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default=LOOPBACK)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--insecure-local", action="store_true")
+    parser.add_argument(
+        "--behind-tls-proxy",
+        action="store_true",
+        help="a TLS-terminating reverse proxy is in front: allow a non-loopback --host",
+    )
+    parser.add_argument("--forwarded-allow-ips", default=LOOPBACK)
+    parser.add_argument(
+        "--create-lookup-indexes",
+        action="store_true",
+        help="create the indexes the find and list pages use (a pass over each collection)",
+    )
+    parser.add_argument("--users-collection", default="users")
     parser.add_argument("--policy", default=os.environ.get("BALANCE_REFILL_POLICY"))
     parser.add_argument("--database", default=os.environ.get("BALANCE_REFILL_DATABASE"))
     args = parser.parse_args(argv)
@@ -356,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         insecure_local=args.insecure_local,
+        behind_tls_proxy=args.behind_tls_proxy,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        create_lookup_indexes=args.create_lookup_indexes,
+        users_collection=args.users_collection,
         uri=os.environ.get("MONGODB_URI") or None,
         database=args.database,
         policy=args.policy,
