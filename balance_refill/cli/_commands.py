@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 from collections.abc import Mapping
 
 from rich.table import Table
 
-from balance_refill import BalanceRefiller, BalanceState, UserNotFound, load_policy_file
+from balance_refill import (
+    BalanceRefiller,
+    BalanceState,
+    InsufficientCredits,
+    UserId,
+    UserNotFound,
+    load_policy_file,
+)
 from balance_refill.policy import AnyPolicy, as_tiered
 
 from ._connect import Connection
 from ._output import Output
-from ._parser import EXIT_OK, EXIT_REFUSED, parse_user
+from ._parser import EXIT_OK, EXIT_REFUSED, Refused, parse_user
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def actor(value: str | None) -> str:
@@ -54,48 +64,106 @@ def nothing_refilled(policy: AnyPolicy, state: BalanceState) -> str:
     return "LibreChat's own refill is settling (pendingRefill is set); try again in a moment"
 
 
-async def admin_command(args: argparse.Namespace, refiller: BalanceRefiller, out: Output) -> int:
-    """`show`, `grant`, `set-balance`, `set-tier`, `pause`, `resume`, `refill-now`, `history`."""
-    user = parse_user(args.user, args.id_type)
-    cmd = args.command
-    try:
-        if cmd == "show":
-            out.state(await refiller.get_state(user), "balance")
-        elif cmd == "grant":
-            state = await refiller.grant(
+def _correction_refused(user: str, exc: InsufficientCredits) -> Refused:
+    """A negative grant that would go below 0, worded as the correction it is (the
+    library raises a spend's refusal, with a next refill time that does not apply)."""
+    after = exc.balance - exc.amount
+    return Refused(
+        f"a correction of -{exc.amount} would take {user}'s balance from {exc.balance} "
+        f"to {after}, below 0; nothing changed (pass --allow-negative to allow it)"
+    )
+
+
+POLICY_FIELDS = ("tier", "auto_refill", "next_refill_at")
+"""The fields of a state that the policy decides (left out of a read without one)."""
+
+
+def _decided(state: BalanceState) -> None:
+    """Log what the library decided (`-vv`)."""
+    log.debug(
+        "decision: %r refilled=%s granted=%s balance=%s tier=%s auto_refill=%s next_refill_at=%s",
+        state.user_id,
+        state.refilled,
+        state.granted,
+        state.balance,
+        state.tier,
+        state.auto_refill,
+        state.next_refill_at.isoformat() if state.next_refill_at else None,
+    )
+
+
+def _operation(args: argparse.Namespace) -> None:
+    """Log the operation about to run (`-v`)."""
+    shown = {
+        key: value
+        for key, value in vars(args).items()
+        if key in ("amount", "tier", "reason", "actor", "create", "allow_negative", "limit")
+        and value not in (None, False)
+    }
+    log.info("operation: %s %r %s", args.command, args.user, shown or "")
+
+
+async def _write(args: argparse.Namespace, refiller: BalanceRefiller, user: UserId) -> BalanceState:
+    """Run the admin write `args.command` names and return the state it left."""
+    cmd, who = args.command, actor(args.actor)
+    if cmd == "grant":
+        try:
+            return await refiller.grant(
                 user,
                 args.amount,
-                actor=actor(args.actor),
+                actor=who,
                 reason=args.reason,
                 allow_negative=args.allow_negative,
                 create=args.create,
             )
-            out.state(state, "granted")
-        elif cmd == "set-balance":
-            state = await refiller.set_balance(
-                user, args.amount, actor=actor(args.actor), reason=args.reason, create=args.create
-            )
-            out.state(state, "balance set")
-        elif cmd == "set-tier":
-            state = await refiller.set_tier(
-                user, args.tier, actor=actor(args.actor), pinned=args.pinned
-            )
-            out.state(state, "tier set")
-        elif cmd in ("pause", "resume"):
-            resume = cmd == "resume"
-            state = await refiller.set_auto_refill(user, resume, actor=actor(args.actor))
-            out.state(state, "auto refill " + ("resumed" if resume else "paused"))
-        elif cmd == "refill-now":
-            state = await refiller.refill_now(
-                user, actor=actor(args.actor), reason=args.reason, create=args.create
-            )
-            if state.refilled:
-                out.state(state, "refilled")
-            else:
-                out.nothing_refilled(args.user, state, nothing_refilled(refiller.policy, state))
+        except InsufficientCredits as exc:
+            if args.amount < 0:
+                raise _correction_refused(args.user, exc) from exc
+            raise
+    if cmd == "set-balance":
+        return await refiller.set_balance(
+            user, args.amount, actor=who, reason=args.reason, create=args.create
+        )
+    if cmd == "set-tier":
+        return await refiller.set_tier(user, args.tier, actor=who, pinned=args.pinned)
+    if cmd in ("pause", "resume"):
+        return await refiller.set_auto_refill(user, cmd == "resume", actor=who)
+    return await refiller.refill_now(user, actor=who, reason=args.reason, create=args.create)
+
+
+def _title(args: argparse.Namespace) -> str:
+    cmd = args.command
+    if cmd == "grant":
+        return "granted" if args.amount >= 0 else "correction applied"
+    if cmd in ("pause", "resume"):
+        return "auto refill " + ("resumed" if cmd == "resume" else "paused")
+    return {"set-balance": "balance set", "set-tier": "tier set"}.get(cmd, "refilled")
+
+
+async def admin_command(
+    args: argparse.Namespace, refiller: BalanceRefiller, out: Output, *, policy_known: bool = True
+) -> int:
+    """`show`, `grant`, `set-balance`, `set-tier`, `pause`, `resume`, `refill-now`, `history`.
+    `policy_known` False: a read run without a policy (its policy fields are left out)."""
+    user = parse_user(args.user, args.id_type)
+    cmd = args.command
+    _operation(args)
+    try:
+        if cmd == "show":
+            state = await refiller.get_state(user)
+            if policy_known:
+                _decided(state)
+            out.state(state, "balance", without=() if policy_known else POLICY_FIELDS)
         elif cmd == "history":
             await refiller.get_state(user)  # an unknown user is refused, as by `show`
             out.history(args.user, await refiller.history(user, limit=args.limit))
+        else:
+            state = await _write(args, refiller, user)
+            _decided(state)
+            if cmd == "refill-now" and not state.refilled:
+                out.nothing_refilled(args.user, state, nothing_refilled(refiller.policy, state))
+            else:
+                out.state(state, _title(args))
     except UserNotFound as exc:
         if getattr(args, "create", None) is False:  # a command that could have created
             raise _with_hint(exc) from exc
@@ -105,6 +173,13 @@ async def admin_command(args: argparse.Namespace, refiller: BalanceRefiller, out
 
 async def sweep_command(args: argparse.Namespace, refiller: BalanceRefiller, out: Output) -> int:
     """Refill every due user; exit 1 if some users could not be refilled."""
+    log.info(
+        "operation: sweep active_within=%s batch_size=%s dry_run=%s limit=%s",
+        args.active_within,
+        args.batch_size,
+        args.dry_run,
+        args.limit,
+    )
     with out.sweep_progress() as progress:
         report = await refiller.sweep(
             active_within=args.active_within,

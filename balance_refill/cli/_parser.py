@@ -51,6 +51,10 @@ class CliError(Exception):
     """A usage or configuration problem (exit code 2)."""
 
 
+class Refused(Exception):
+    """A refusal the CLI words itself, such as a correction below 0 (exit code 1)."""
+
+
 class UsageError(Exception):
     """A command line argparse refused; `parser` is the (sub)command it belongs to."""
 
@@ -73,7 +77,16 @@ class Parser(argparse.ArgumentParser):
 
 def parse_user(text: str, id_type: str) -> UserId:
     """A user id from the command line: `auto` reads 24 hex digits as an ObjectId
-    (LibreChat), anything else as a string; `str`, `int` and `objectid` force a type."""
+    (LibreChat), anything else as a string; `str`, `int` and `objectid` force a type.
+    Leading or trailing whitespace is refused whatever the type: ids are compared exactly,
+    so `" u "` would silently be another user than `"u"`."""
+    if not text.strip():
+        raise CliError(f"user id {text!r} is empty or only whitespace")
+    if text != text.strip():
+        raise CliError(
+            f"user id {text!r} has leading or trailing whitespace; ids are compared exactly, "
+            f"so it would be another user than {text.strip()!r}: pass the id without it"
+        )
     if id_type == "str":
         return text
     if id_type == "int":

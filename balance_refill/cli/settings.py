@@ -11,6 +11,22 @@ from ._connect import mask_uri, redact
 
 DEFAULT_DATABASE = "LibreChat"
 
+URI_SCHEMES = ("mongodb://", "mongodb+srv://")
+
+
+def uri_problem(uri: str | None) -> str | None:
+    """Why `uri` cannot be a MongoDB connection string, or None. Checked before any
+    connection: the driver reads text without a scheme, such as `notauri`, as a host name
+    and reports a DNS failure only after its server selection timeout (a wrong scheme it
+    refuses at once, with its own reason). The value is not repeated: it may hold a
+    password."""
+    if uri is None or "://" in uri:
+        return None
+    return (
+        "MONGODB_URI is malformed: it has no scheme; a MongoDB connection string starts "
+        "with mongodb:// or mongodb+srv://, e.g. mongodb://user:password@host:27017/LibreChat"
+    )
+
 
 class Settings(BaseSettings):
     """Where the data lives. Defaults follow LibreChat: database `LibreChat`, collections
@@ -41,4 +57,4 @@ class Settings(BaseSettings):
         return "(embedded mock: temporary, in memory, nothing saved)"
 
 
-__all__ = ["DEFAULT_DATABASE", "Settings", "mask_uri", "redact"]
+__all__ = ["DEFAULT_DATABASE", "URI_SCHEMES", "Settings", "mask_uri", "redact", "uri_problem"]
