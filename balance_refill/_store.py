@@ -251,11 +251,22 @@ class Store:
         return await self.run(f"aggregate {collection.name}", fetch)
 
     async def create_index(
-        self, collection: AsyncCollection, keys: IndexKeys, *, name: str, sparse: bool = False
+        self,
+        collection: AsyncCollection,
+        keys: IndexKeys,
+        *,
+        name: str,
+        sparse: bool = False,
+        unique: bool = False,
+        partial: Update | None = None,
     ) -> str:
         options: dict[str, Any] = {"name": name}
         if sparse:
             options["sparse"] = True
+        if unique:
+            options["unique"] = True
+        if partial is not None:
+            options["partialFilterExpression"] = dict(partial)
         return await self.run(
             f"create index on {collection.name}",
             lambda: collection.create_index(list(keys), **options),
