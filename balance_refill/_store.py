@@ -72,6 +72,8 @@ class AsyncCollection(Protocol):
 
     async def create_index(self, keys: IndexKeys, *, name: str, sparse: bool = False) -> str: ...
 
+    async def index_information(self) -> Mapping[str, Any]: ...
+
     async def bulk_write(self, requests: list[UpdateOne], ordered: bool = True) -> Any: ...
 
     def find(
@@ -271,6 +273,11 @@ class Store:
             f"create index on {collection.name}",
             lambda: collection.create_index(list(keys), **options),
         )
+
+    async def index_names(self, collection: AsyncCollection) -> set[str]:
+        """The names of the indexes `collection` has."""
+        info = await self.run(f"list indexes of {collection.name}", collection.index_information)
+        return set(info)
 
     async def count(self, collection: AsyncCollection, filter_: Update) -> int:
         return int(

@@ -178,15 +178,18 @@ class PolicyStore:
     # -- writes -------------------------------------------------------------------------
 
     async def ensure_indexes(self) -> list[str]:
-        """Create the three unique indexes (idempotent; the writes call it once)."""
-        names = [
-            await self._store.create_index(
-                self.collection, [(key, 1)], name=name, unique=True, partial=covered
-            )
-            for name, key, covered in _INDEXES
-        ]
+        """Create the three unique indexes that are missing (the writes call this once per
+        store) and return their names. Indexes already there are left alone: a server
+        would do the same, and mongomock would check a partial index against every
+        document instead of those it covers."""
+        present = await self._store.index_names(self.collection)
+        for name, key, covered in _INDEXES:
+            if name not in present:
+                await self._store.create_index(
+                    self.collection, [(key, 1)], name=name, unique=True, partial=covered
+                )
         self._indexed = True
-        return names
+        return [name for name, _, _ in _INDEXES]
 
     async def push(self, policy: AnyPolicy, *, actor: str, reason: str) -> int:
         """Store `policy` as the next version and return its number; it is not activated.

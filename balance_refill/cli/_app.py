@@ -18,6 +18,7 @@ from balance_refill import (
     BalanceRefillError,
     ContentionError,
     InsufficientCredits,
+    PolicyNotFound,
     RefillPolicy,
     SweepLocked,
     TieredPolicy,
@@ -39,6 +40,7 @@ from ._parser import (
     UsageError,
     parse_args,
 )
+from ._policies import policy_store, policy_store_command, stored_policy
 from .settings import Settings, redact, uri_problem
 
 MOCK_NOTE = (
@@ -46,7 +48,14 @@ MOCK_NOTE = (
     "nothing is saved when this command ends"
 )
 
-_REFUSED = (InsufficientCredits, UserNotFound, SweepLocked, ContentionError, Refused)
+_REFUSED = (
+    InsufficientCredits,
+    UserNotFound,
+    SweepLocked,
+    ContentionError,
+    PolicyNotFound,
+    Refused,
+)
 
 
 # Where a driver's message turns into a dump of its topology: cut it there.
@@ -65,15 +74,25 @@ _ANY_READER = RefillPolicy(amount=1, interval="30d")
 """The policy a read runs under when none is given; nothing it decides is shown."""
 
 
-def _policy(args: argparse.Namespace, settings: Settings) -> RefillPolicy | TieredPolicy | None:
-    """The policy file from --policy or BALANCE_REFILL_POLICY; None for a read without
-    one; any other command without one is refused."""
+async def _policy(
+    args: argparse.Namespace, settings: Settings, conn: Connection, out: Output
+) -> RefillPolicy | TieredPolicy | None:
+    """The policy file from --policy or BALANCE_REFILL_POLICY; else the active version in
+    the policy store; else None for a read, and a refusal for any other command."""
     path = args.policy or settings.policy_file
     if path:
         return load_policy_file(path)
+    stored = await stored_policy(policy_store(conn, settings))
+    if stored is not None:
+        version, policy = stored
+        out.note(f"using the stored policy, version {version} (no --policy given)")
+        return policy
     if args.command in READS:
         return None
-    raise CliError("this command needs a policy: pass --policy FILE or set BALANCE_REFILL_POLICY")
+    raise CliError(
+        "this command needs a policy: pass --policy FILE, set BALANCE_REFILL_POLICY, "
+        "or activate a stored version (balance-refill policy push FILE, policy activate N)"
+    )
 
 
 def _collections(conn: Connection, settings: Settings, verbose: int) -> dict[str, Collection]:
@@ -92,20 +111,21 @@ def _collections(conn: Connection, settings: Settings, verbose: int) -> dict[str
 async def _run(
     args: argparse.Namespace, settings: Settings, connection: Connection | None, out: Output
 ) -> int:
-    if args.command == "policy":
+    if args.command == "policy" and args.policy_command == "check":
         return policy_check_command(args, out)
     if args.command == "demo":
         database = "balance_refill_demo" if settings.mongodb_uri else "demo"
-        policy = None
     else:
         database = settings.database_name()
-        policy = _policy(args, settings)
     if connection is None and not settings.mongodb_uri:
         out.note(MOCK_NOTE)
     conn = connection or connect(settings.mongodb_uri, database)
     try:
         if args.command == "demo":
             return await demo_command(args, settings, conn, out)
+        if args.command == "policy":
+            return await policy_store_command(args, conn, settings, out)
+        policy = await _policy(args, settings, conn, out)
         if policy is None:
             out.note(NO_POLICY_NOTE)
         collections = _collections(conn, settings, args.verbose)

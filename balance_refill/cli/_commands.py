@@ -17,7 +17,7 @@ from balance_refill import (
     UserNotFound,
     load_policy_file,
 )
-from balance_refill.policy import AnyPolicy, as_tiered
+from balance_refill.policy import AnyPolicy, TieredPolicy, as_tiered
 
 from ._connect import Connection
 from ._output import Output
@@ -192,42 +192,43 @@ async def sweep_command(args: argparse.Namespace, refiller: BalanceRefiller, out
     return EXIT_OK if report.ok else EXIT_REFUSED
 
 
+RULE_COLUMNS = (
+    "tier",
+    "amount",
+    "period",
+    "mode",
+    "threshold",
+    "max_balance",
+    "start_balance",
+    "auto_refill",
+    "adaptive",
+)
+
+
+def print_rules(out: Output, title: str, tiers: TieredPolicy) -> None:
+    """A policy's rules per tier as a table, then its tier rules as lines."""
+    table = Table(title=title)
+    for column in RULE_COLUMNS:
+        table.add_column(column)
+    for name, policy in tiers.tiers.items():
+        rules = policy.describe()
+        adaptive = rules["adaptive"]
+        shown = (
+            f"{adaptive['min_amount']}..{adaptive['max_amount']} x{adaptive['headroom']} a={adaptive['alpha']}"
+            if isinstance(adaptive, Mapping)
+            else "-"
+        )
+        table.add_row(name, *(str(rules[c]) for c in RULE_COLUMNS[1:-1]), shown)
+    out.console.print(table)
+    for rule in tiers.rules:
+        out.line(f"rule: {rule.describe()}")
+
+
 def policy_check_command(args: argparse.Namespace, out: Output) -> int:
     """Validate a policy file and print its rules per tier."""
     tiers = as_tiered(load_policy_file(args.file))
-    described = tiers.describe()
-    columns = (
-        "tier",
-        "amount",
-        "period",
-        "mode",
-        "threshold",
-        "max_balance",
-        "start_balance",
-        "auto_refill",
-        "adaptive",
-    )
-
-    def render() -> None:
-        table = Table(
-            title=f"{args.file}: valid ({len(tiers.tiers)} tier(s), default {tiers.default_tier!r})"
-        )
-        for column in columns:
-            table.add_column(column)
-        for name, policy in tiers.tiers.items():
-            rules = policy.describe()
-            adaptive = rules["adaptive"]
-            shown = (
-                f"{adaptive['min_amount']}..{adaptive['max_amount']} x{adaptive['headroom']} a={adaptive['alpha']}"
-                if isinstance(adaptive, Mapping)
-                else "-"
-            )
-            table.add_row(name, *(str(rules[c]) for c in columns[1:-1]), shown)
-        out.console.print(table)
-        for rule in tiers.rules:
-            out.line(f"rule: {rule.describe()}")
-
-    out.data(described, render)
+    title = f"{args.file}: valid ({len(tiers.tiers)} tier(s), default {tiers.default_tier!r})"
+    out.data(tiers.describe(), lambda: print_rules(out, title, tiers))
     return EXIT_OK
 
 

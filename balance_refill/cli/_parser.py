@@ -40,11 +40,15 @@ EXIT_CODES = """\
 exit codes: 0 ok (also a refill-now that had nothing to add); 1 refused (unknown user,
 insufficient credits, the sweep lease is held, a sweep with failed users); 2 bad input,
 configuration, or a database that cannot be used (unreachable, a malformed MONGODB_URI).
-Errors are one line on stderr; with --json, a JSON object {"error": ..., "code": ...}.
+Errors are one line on stderr. With --json each stream holds exactly one JSON object:
+stdout the result (nothing on failure), stderr the status {"code": ..., "error": ...,
+"notes": [...], "log": [...]} (error, notes and log only when there are any).
 
 environment: MONGODB_URI (none: a temporary in-memory database, nothing saved),
 BALANCE_REFILL_POLICY, BALANCE_REFILL_DATABASE, BALANCE_REFILL_BALANCES_COLLECTION,
-BALANCE_REFILL_TRANSACTIONS_COLLECTION, BALANCE_REFILL_LEASES_COLLECTION."""
+BALANCE_REFILL_TRANSACTIONS_COLLECTION, BALANCE_REFILL_LEASES_COLLECTION,
+BALANCE_REFILL_POLICIES_COLLECTION (the stored policy; default balance_refill_policies).
+Without --policy or BALANCE_REFILL_POLICY, commands use the stored active policy version."""
 
 
 class CliError(Exception):
@@ -443,17 +447,77 @@ class _Commands:
         )
 
     def policy(self) -> None:
-        policy = self.add("policy", "policy files", uses=_USES_NO_DATABASE)
-        actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-        check = actions.add_parser(
-            "check",
-            help="validate a policy file and print the rules per tier",
-            description="Validate a policy file (ours or librechat.yaml) and print the "
-            "effective rules per tier; an invalid file is exit 2, naming the field.",
+        policy = self.add(
+            "policy",
+            "policy files, and the stored, versioned policy",
+            "Check a policy file, or manage the policy stored in the database: numbered "
+            "versions (push), exactly one of them active (activate), each change recorded "
+            "with who and why. Commands given no --policy use the active stored version.",
+            uses=_USES_NO_DATABASE,
         )
-        _add_globals(check, _USES_NO_DATABASE)
-        check.add_argument("file")
-        self.parsers["policy check"] = check
+        actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+        stored = _USES_NO_DATABASE | {"--database"}
+
+        def action(
+            name: str, help_: str, description: str, uses: set[str]
+        ) -> argparse.ArgumentParser:
+            p = actions.add_parser(name, help=help_, description=description)
+            _add_globals(p, uses)
+            self.parsers[f"policy {name}"] = p
+            return p
+
+        action(
+            "check",
+            "validate a policy file and print the rules per tier",
+            "Validate a policy file (ours or librechat.yaml) and print the "
+            "effective rules per tier; an invalid file is exit 2, naming the field.",
+            _USES_NO_DATABASE,
+        ).add_argument("file")
+        p = action(
+            "push",
+            "store a policy file as the next version (not yet active)",
+            "Validate a policy file and store it as the next numbered version, with who "
+            "and why; it is not active until `policy activate N`. An invalid file is "
+            "exit 2 and stores nothing.",
+            stored,
+        )
+        p.add_argument("file")
+        p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the record")
+        _actor(p)
+        action(
+            "list",
+            "the stored versions and the activation history",
+            "The stored policy versions, oldest first, with the active one marked, and "
+            "the activation history, newest first (who activated which version, when, why).",
+            stored,
+        )
+        action(
+            "show",
+            "one stored version: its rules per tier and who pushed it",
+            "One stored version: who pushed it, when and why, and its rules per tier. "
+            "An unknown version is exit 1.",
+            stored,
+        ).add_argument("version", type=bounded_int(1), help="the version number")
+        p = action(
+            "diff",
+            "the settings that differ between two stored versions",
+            "The settings that differ between versions A and B (per tier, rules included). "
+            "An unknown version is exit 1.",
+            stored,
+        )
+        p.add_argument("a", metavar="A", type=bounded_int(1), help="a version number")
+        p.add_argument("b", metavar="B", type=bounded_int(1), help="another version number")
+        p = action(
+            "activate",
+            "make a stored version the active one (roll back: activate an older one)",
+            "Make version N the active policy, recording who, when and why. Exactly one "
+            "version is active; rolling back is activating an older one. An unknown "
+            "version is exit 1 and changes nothing.",
+            stored,
+        )
+        p.add_argument("version", type=bounded_int(1), help="the version number")
+        p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the record")
+        _actor(p)
 
 
 def build_parser() -> Parser:
@@ -485,7 +549,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     args, extras = parser.parse_known_args(list(argv))
     if extras:
-        name = "policy check" if args.command == "policy" else args.command
+        name = f"policy {args.policy_command}" if args.command == "policy" else args.command
         target = parser.commands.get(name, parser)
         words = list(argv)
         first = words.index(extras[0]) if extras[0] in words else len(words)

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from balance_refill.policy_store import DEFAULT_COLLECTION as POLICIES_COLLECTION
+
 from ._connect import mask_uri, redact
 
 DEFAULT_DATABASE = "LibreChat"
@@ -30,7 +32,9 @@ def uri_problem(uri: str | None) -> str | None:
 
 class Settings(BaseSettings):
     """Where the data lives. Defaults follow LibreChat: database `LibreChat`, collections
-    `balances` and `transactions`. With no `MONGODB_URI`, an in-memory mock is used."""
+    `balances` and `transactions`; the library's own are `balance_refill_leases` and
+    `balance_refill_policies` (the stored policy versions). With no `MONGODB_URI`, an
+    in-memory mock is used."""
 
     model_config = SettingsConfigDict(env_prefix="BALANCE_REFILL_", extra="ignore", frozen=True)
 
@@ -39,6 +43,7 @@ class Settings(BaseSettings):
     balances_collection: str = "balances"
     transactions_collection: str = "transactions"
     leases_collection: str = "balance_refill_leases"
+    policies_collection: str = POLICIES_COLLECTION
     policy_file: str | None = Field(default=None, validation_alias="BALANCE_REFILL_POLICY")
 
     def database_name(self) -> str:
