@@ -215,3 +215,16 @@ def test_stored_policy_round_trips_through_the_cli(conn: Connection | None, tmp_
     shown = ok(conn, "policy", "show", "1")
     assert shown["kind"] == "refill"
     assert RefillPolicy.model_validate(shown["policy"]) == load_policy_file(path)
+
+
+def test_verbose_logs_the_policy_stores_calls(
+    conn: Connection | None, files: dict[str, Path]
+) -> None:
+    """-v shows the policy store's database calls too, for the policy actions and for a
+    command that looks up the active version."""
+    code, _, err = cli(conn, "-v", "policy", "push", str(files["tiers"]), "--reason", "r")
+    assert code == 0, err
+    assert "db: balance_refill_policies.insert_one(" in err
+    code, _, err = cli(conn, "-v", "show", "nobody")
+    assert code == 1
+    assert "db: balance_refill_policies.find_one({'kind': 'active'})" in err

@@ -82,7 +82,7 @@ async def _policy(
     path = args.policy or settings.policy_file
     if path:
         return load_policy_file(path)
-    stored = await stored_policy(policy_store(conn, settings))
+    stored = await stored_policy(policy_store(conn, settings, verbose=args.verbose))
     if stored is not None:
         version, policy = stored
         out.note(f"using the stored policy, version {version} (no --policy given)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from typing import cast
 
 from rich.table import Table
 
@@ -13,14 +14,17 @@ from balance_refill.policy import AnyPolicy, as_tiered
 from balance_refill.policy_store import dump_policy, policy_kind
 
 from ._commands import actor, print_rules
-from ._connect import Connection
+from ._connect import Collection, Connection
+from ._logging import LoggedCollection
 from ._output import Output
 from ._parser import EXIT_OK
 from .settings import Settings
 
 
-def policy_store(conn: Connection, settings: Settings) -> PolicyStore:
-    return PolicyStore(conn.collection(settings.policies_collection))
+def policy_store(conn: Connection, settings: Settings, *, verbose: int = 0) -> PolicyStore:
+    """The store in the configured collection (its calls logged under -v)."""
+    collection = conn.collection(settings.policies_collection)
+    return PolicyStore(cast("Collection", LoggedCollection(collection)) if verbose else collection)
 
 
 async def stored_policy(store: PolicyStore) -> tuple[int, AnyPolicy] | None:
@@ -74,7 +78,7 @@ async def policy_store_command(
     args: argparse.Namespace, conn: Connection, settings: Settings, out: Output
 ) -> int:
     """The `policy` actions that work on the stored versions."""
-    store = policy_store(conn, settings)
+    store = policy_store(conn, settings, verbose=args.verbose)
     action = args.policy_command
     if action == "push":
         policy = load_policy_file(args.file)
