@@ -86,7 +86,8 @@ def test_json_success_is_one_object_per_stream(
     status = json.loads(err)
     assert status["code"] == 0
     if "-v" in argv or "-vv" in argv:
-        assert status["log"]
+        operation = argv[1]
+        assert {"level": "INFO", "operation": operation} | status["log"][0] == status["log"][0]
 
 
 # -- reads need no policy ---------------------------------------------------------------

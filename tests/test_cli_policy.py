@@ -152,7 +152,9 @@ def test_commands_use_the_stored_active_policy(
     code, out, err = cli(conn, "grant", "u1", "5", "--reason", "r", "--create", "--json")
     assert code == 0, err
     assert json.loads(out)["balance"] == 20_005
-    assert "using the stored policy, version 1 (no --policy given)" in json.loads(err)["notes"]
+    status = json.loads(err)
+    assert "using the stored policy, version 1 (no --policy given)" in status["notes"]
+    assert status["policy_version"] == 1
     ok(conn, "policy", "activate", "2", "--reason", "r")
     assert ok(conn, "grant", "u2", "5", "--reason", "r", "--create")["balance"] == 782
     assert ok(conn, "show", "u2")["tier"] == "regular"  # a read shows the policy's fields again

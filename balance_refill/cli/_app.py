@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TextIO, cast
@@ -42,6 +43,8 @@ from ._parser import (
 )
 from ._policies import policy_store, policy_store_command, stored_policy
 from .settings import Settings, redact, uri_problem
+
+log = logging.getLogger(__name__)
 
 MOCK_NOTE = (
     "MONGODB_URI is not set: using a temporary in-memory database; "
@@ -86,6 +89,8 @@ async def _policy(
     if stored is not None:
         version, policy = stored
         out.note(f"using the stored policy, version {version} (no --policy given)")
+        out.status.field("policy_version", version)
+        log.info("policy: stored version %d", version, extra={"policy_version": version})
         return policy
     if args.command in READS:
         return None

@@ -78,7 +78,7 @@ POLICY_FIELDS = ("tier", "auto_refill", "next_refill_at")
 """The fields of a state that the policy decides (left out of a read without one)."""
 
 
-def _decided(state: BalanceState) -> None:
+def _decided(state: BalanceState, operation: str) -> None:
     """Log what the library decided (`-vv`)."""
     log.debug(
         "decision: %r refilled=%s granted=%s balance=%s tier=%s auto_refill=%s next_refill_at=%s",
@@ -89,6 +89,7 @@ def _decided(state: BalanceState) -> None:
         state.tier,
         state.auto_refill,
         state.next_refill_at.isoformat() if state.next_refill_at else None,
+        extra={"operation": operation, "user": state.user_id},
     )
 
 
@@ -100,7 +101,13 @@ def _operation(args: argparse.Namespace) -> None:
         if key in ("amount", "tier", "reason", "actor", "create", "allow_negative", "limit")
         and value not in (None, False)
     }
-    log.info("operation: %s %r %s", args.command, args.user, shown or "")
+    log.info(
+        "operation: %s %r %s",
+        args.command,
+        args.user,
+        shown or "",
+        extra={"operation": args.command, "user": args.user},
+    )
 
 
 async def _write(args: argparse.Namespace, refiller: BalanceRefiller, user: UserId) -> BalanceState:
@@ -152,14 +159,14 @@ async def admin_command(
         if cmd == "show":
             state = await refiller.get_state(user)
             if policy_known:
-                _decided(state)
+                _decided(state, cmd)
             out.state(state, "balance", without=() if policy_known else POLICY_FIELDS)
         elif cmd == "history":
             await refiller.get_state(user)  # an unknown user is refused, as by `show`
             out.history(args.user, await refiller.history(user, limit=args.limit))
         else:
             state = await _write(args, refiller, user)
-            _decided(state)
+            _decided(state, cmd)
             if cmd == "refill-now" and not state.refilled:
                 out.nothing_refilled(args.user, state, nothing_refilled(refiller.policy, state))
             else:
@@ -179,6 +186,7 @@ async def sweep_command(args: argparse.Namespace, refiller: BalanceRefiller, out
         args.batch_size,
         args.dry_run,
         args.limit,
+        extra={"operation": "sweep"},
     )
     with out.sweep_progress() as progress:
         report = await refiller.sweep(

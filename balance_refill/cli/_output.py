@@ -29,6 +29,9 @@ from rich.table import Table
 
 from balance_refill import BalanceState, SweepReport
 
+STRUCTURED = ("operation", "user", "policy_version")
+"""The structured fields (`extra=`) a log record may carry, kept under --json."""
+
 ProgressCallback = Callable[[int, int | None], None]
 """Called by the sweep after every batch with (users scanned, candidates expected)."""
 
@@ -90,9 +93,15 @@ class Status:
 
     def log_line(self, record: logging.LogRecord, line: str) -> None:
         if self.as_json:
-            self.log.append(
-                {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
-            )
+            entry: dict[str, object] = {
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            for key in STRUCTURED:  # the `extra=` fields a record carries
+                if key in record.__dict__:
+                    entry[key] = jsonable(record.__dict__[key])
+            self.log.append(entry)
         else:
             self.err.write(line + "\n")
             self.err.flush()
