@@ -518,12 +518,13 @@ def test_demo_json_is_a_summary(run: Run) -> None:
     ],
 )
 def test_errors_under_json_are_json_on_stderr(run: Run, argv: tuple[str, ...], code: int) -> None:
-    """Under --json an error is one JSON object on stderr, `{"error": ..., "code": ...}`."""
+    """Under --json an error is one JSON object on stderr, `{"error": ..., "code": ...}`
+    (and an admin write's `request_id`)."""
     got, out, err = run(*argv, "--json")
     assert (got, out) == (code, "")
     assert err.count("\n") == 1
     payload = json.loads(err)
-    assert set(payload) == {"error", "code"}
+    assert set(payload) - {"request_id"} == {"error", "code"}
     assert payload["code"] == code
     assert payload["error"]
 

@@ -18,9 +18,11 @@ from balance_refill import (
     BalanceRefiller,
     BalanceRefillError,
     ContentionError,
+    IdempotencyConflict,
     InsufficientCredits,
     PolicyNotFound,
     RefillPolicy,
+    StorageError,
     SweepLocked,
     TieredPolicy,
     UserNotFound,
@@ -33,6 +35,8 @@ from ._logging import LoggedCollection, configured
 from ._output import Output, Status
 from ._parser import (
     EXIT_BAD_INPUT,
+    EXIT_CONFLICT,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
     USER_ID_MODES,
@@ -232,12 +236,29 @@ def _run_logged(
             return _serve(args, settings, status.err)
         out = Output(args.json, stdout, status)
         return status.finish(asyncio.run(_run(args, settings, connection, out)))
+    except IdempotencyConflict as exc:  # before BalanceRefillError, its root
+        code, error = EXIT_CONFLICT, str(exc)
     except _REFUSED as exc:
         code, error = EXIT_REFUSED, str(exc)
+    except StorageError as exc:  # the write may have been applied: say how to retry it
+        code, error = EXIT_BAD_INPUT, _one_line(str(exc)) + _retry_hint(args, status)
     except (CliError, BalanceRefillError, ValueError) as exc:
         code, error = EXIT_BAD_INPUT, str(exc)
     except PyMongoError as exc:  # a driver error the library did not wrap (the demo's own calls)
         where = settings.masked_uri() if settings is not None else "the database"
         code, error = EXIT_BAD_INPUT, f"{where}: {type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:
+        code, error = EXIT_INTERRUPTED, "interrupted" + _retry_hint(args, status)
     uri = settings.mongodb_uri if settings is not None else None
     return status.finish(code, redact(_one_line(error), uri), refused=code == EXIT_REFUSED)
+
+
+def _retry_hint(args: argparse.Namespace, status: Status) -> str:
+    """After a failure that leaves an admin write's outcome unknown: how to retry it."""
+    key = status.fields.get("request_id")
+    if key is None:
+        return ""
+    return (
+        f" (the {args.command} may or may not have been applied: retry it with "
+        f"--request-id {key} to apply it at most once)"
+    )

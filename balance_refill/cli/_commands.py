@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import uuid
 from collections.abc import Mapping
 
 from rich.table import Table
@@ -110,18 +111,33 @@ def _operation(args: argparse.Namespace) -> None:
     )
 
 
-async def _write(args: argparse.Namespace, refiller: BalanceRefiller, user: UserId) -> BalanceState:
-    """Run the admin write `args.command` names and return the state it left."""
-    cmd, who = args.command, actor(args.actor)
+def request_id(args: argparse.Namespace, out: Output) -> str:
+    """The command's idempotency key: `--request-id`, else a new one. It is shown in the
+    result (a table row; under --json a field of the result and always of the status), and
+    an error that leaves the outcome unknown (a database error, Ctrl-C) names it, so that
+    an operator can retry with it, the write then applying at most once. A refusal
+    changed nothing and needs no retry, so its line stays as it was."""
+    key: str = args.request_id or f"cli-{uuid.uuid4().hex}"
+    out.status.field("request_id", key)
+    return key
+
+
+async def _write(
+    args: argparse.Namespace, refiller: BalanceRefiller, user: UserId, key: str
+) -> BalanceState:
+    """Run the admin write `args.command` names, with idempotency key `key`, and return
+    the state it left."""
+    cmd, who, reason = args.command, actor(args.actor), args.reason
     if cmd == "grant":
         try:
             return await refiller.grant(
                 user,
                 args.amount,
                 actor=who,
-                reason=args.reason,
+                reason=reason,
                 allow_negative=args.allow_negative,
                 create=args.create,
+                request_id=key,
             )
         except InsufficientCredits as exc:
             if args.amount < 0:
@@ -129,13 +145,19 @@ async def _write(args: argparse.Namespace, refiller: BalanceRefiller, user: User
             raise
     if cmd == "set-balance":
         return await refiller.set_balance(
-            user, args.amount, actor=who, reason=args.reason, create=args.create
+            user, args.amount, actor=who, reason=reason, create=args.create, request_id=key
         )
     if cmd == "set-tier":
-        return await refiller.set_tier(user, args.tier, actor=who, pinned=args.pinned)
+        return await refiller.set_tier(
+            user, args.tier, actor=who, pinned=args.pinned, reason=reason, request_id=key
+        )
     if cmd in ("pause", "resume"):
-        return await refiller.set_auto_refill(user, cmd == "resume", actor=who)
-    return await refiller.refill_now(user, actor=who, reason=args.reason, create=args.create)
+        return await refiller.set_auto_refill(
+            user, cmd == "resume", actor=who, reason=reason, request_id=key
+        )
+    return await refiller.refill_now(
+        user, actor=who, reason=reason, create=args.create, request_id=key
+    )
 
 
 def _title(args: argparse.Namespace) -> str:
@@ -165,12 +187,14 @@ async def admin_command(
             await refiller.get_state(user)  # an unknown user is refused, as by `show`
             out.history(args.user, await refiller.history(user, limit=args.limit))
         else:
-            state = await _write(args, refiller, user)
+            key = request_id(args, out)
+            state = await _write(args, refiller, user, key)
             _decided(state, cmd)
             if cmd == "refill-now" and not state.refilled:
-                out.nothing_refilled(args.user, state, nothing_refilled(refiller.policy, state))
+                reason = nothing_refilled(refiller.policy, state)
+                out.nothing_refilled(args.user, state, reason, request_id=key)
             else:
-                out.state(state, _title(args))
+                out.state(state, _title(args), request_id=key)
     except UserNotFound as exc:
         if getattr(args, "create", None) is False:  # a command that could have created
             raise _with_hint(exc) from exc

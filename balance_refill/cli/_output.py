@@ -149,10 +149,19 @@ class Output:
         else:
             render()
 
-    def state(self, state: BalanceState, title: str, *, without: Sequence[str] = ()) -> None:
+    def state(
+        self,
+        state: BalanceState,
+        title: str,
+        *,
+        without: Sequence[str] = (),
+        request_id: str | None = None,
+    ) -> None:
         """A state as a table (JSON: an object); the fields in `without` are unknown
-        (shown as `-`, JSON null)."""
+        (shown as `-`, JSON null); `request_id`, the write's idempotency key, is a row."""
         fields = {k: None if k in without else v for k, v in state_dict(state).items()}
+        if request_id is not None:
+            fields["request_id"] = request_id
 
         def render() -> None:
             table = Table(title=title, show_header=False)
@@ -163,11 +172,14 @@ class Output:
 
         self.data(fields, render)
 
-    def nothing_refilled(self, user: str, state: BalanceState, reason: str) -> None:
+    def nothing_refilled(
+        self, user: str, state: BalanceState, reason: str, *, request_id: str | None = None
+    ) -> None:
         """`refill-now` that changed nothing: one line saying why (JSON: the state and
         `"not_refilled"` with the reason)."""
+        key = {} if request_id is None else {"request_id": request_id}
         self.data(
-            {**state_dict(state), "not_refilled": reason},
+            {**state_dict(state), "not_refilled": reason, **key},
             lambda: self.line(f"nothing to refill for {user}: {reason}"),
         )
 

@@ -18,7 +18,8 @@ from bson import ObjectId
 from balance_refill import __version__
 from balance_refill.periods import parse_interval
 
-EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 UserId = str | int | ObjectId
 """A user id as the library takes it."""
@@ -34,12 +35,18 @@ USER_HELP = "the user id: 24 hex digits are an ObjectId (LibreChat), else a stri
 _HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
 
 MAX_DAYS = 3650
+MAX_REQUEST_ID = 256
 MAX_SEED = 2**32 - 1
 
 EXIT_CODES = """\
 exit codes: 0 ok (also a refill-now that had nothing to add); 1 refused (unknown user,
 insufficient credits, the sweep lease is held, a sweep with failed users); 2 bad input,
-configuration, or a database that cannot be used (unreachable, a malformed MONGODB_URI).
+configuration, or a database that cannot be used (unreachable, a malformed MONGODB_URI);
+3 the --request-id was already used with other arguments (nothing changed: retry with
+the original arguments, or use a new key for a new request); 130 interrupted (Ctrl-C).
+An admin write (grant, set-balance, set-tier, pause, resume, refill-now) carries an
+idempotency key: --request-id KEY, else a generated one, shown in its result; after a
+database error or an interruption the error line names it, to retry at most once.
 Errors are one line on stderr. With --json each stream holds exactly one JSON object:
 stdout the result (nothing on failure), stderr the status {"code": ..., "error": ...,
 "notes": [...], "log": [...]} (error, notes and log only when there are any).
@@ -225,6 +232,28 @@ def _add_globals(parser: argparse.ArgumentParser, shown: set[str] | None) -> Non
 _EVERYTHING = {flags[-1] for flags, _ in _GLOBALS}
 
 
+def request_id_arg(text: str) -> str:
+    """An idempotency key: 1 to 256 characters, no surrounding whitespace."""
+    if not text.strip() or text != text.strip() or len(text) > MAX_REQUEST_ID:
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {MAX_REQUEST_ID} characters without surrounding whitespace, "
+            f"got {text[:40]!r}"
+        )
+    return text
+
+
+def _request_id(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--request-id",
+        metavar="KEY",
+        type=request_id_arg,
+        default=None,
+        help="idempotency key: a retry with the same KEY (after an error, say) applies "
+        "at most once; the same KEY with other arguments is refused, exit 3. Default: a "
+        "generated key, printed on stderr (and under --json) so you can retry with it",
+    )
+
+
 def _actor(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--actor",
@@ -313,6 +342,7 @@ class _Commands:
             )
             p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the ledger")
             _actor(p)
+            _request_id(p)
             _create(p)
             if name == "grant":
                 p.add_argument(
@@ -336,6 +366,7 @@ class _Commands:
         p.add_argument("user", help=USER_HELP)
         p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the ledger")
         _actor(p)
+        _request_id(p)
         _create(p)
         p = self.add(
             "history",
@@ -364,6 +395,8 @@ class _Commands:
         p.add_argument("user", help=USER_HELP)
         p.add_argument("tier", help="a tier of the policy file")
         _actor(p)
+        _request_id(p)
+        p.add_argument("--reason", metavar="TEXT", default=None, help="why, for the ledger")
         pin = p.add_mutually_exclusive_group()
         pin.add_argument(
             "--pin",
@@ -392,6 +425,8 @@ class _Commands:
             )
             p.add_argument("user", help=USER_HELP)
             _actor(p)
+            _request_id(p)
+            p.add_argument("--reason", metavar="TEXT", default=None, help="why, for the ledger")
 
     def sweep(self) -> None:
         p = self.add(
