@@ -150,7 +150,7 @@ def test_a_bad_key_is_refused(cli: Cli, key: str) -> None:
     assert cli.balance() == before
 
 
-def test_retry_after_a_failure_applies_once(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retry_after_a_failure_applies_once(cli: Cli) -> None:
     """A grant whose ledger write fails after the balance was changed exits 2, yet hands
     out its key; retrying with that key completes it without a second grant."""
     log = CallLog()
@@ -167,10 +167,10 @@ def test_retry_after_a_failure_applies_once(cli: Cli, monkeypatch: pytest.Monkey
     def faulty(*args: Any) -> dict[str, Any]:
         return {role: RecordingCollection(c, log) for role, c in original(*args).items()}
 
-    monkeypatch.setattr(_app, "_collections", faulty)
     before = cli.balance()
-    code, out, err = cli("grant", "u", "100", "--reason", "r", "--json")
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:  # undone alone: the backend's env stays
+        patch.setattr(_app, "_collections", faulty)
+        code, out, err = cli("grant", "u", "100", "--reason", "r", "--json")
     assert (code, out) == (2, "")
     status = json.loads(err)
     key = status["request_id"]
