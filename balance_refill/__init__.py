@@ -17,7 +17,9 @@ from .errors import (
     InvalidAmount,
     InvalidArgument,
     InvalidUserId,
+    NoActivePolicy,
     PolicyFileError,
+    PolicyNotFound,
     StorageError,
     SweepLocked,
     UnknownTier,
@@ -25,6 +27,7 @@ from .errors import (
 )
 from .policy import AdaptiveAmount, RefillPolicy, TieredPolicy, TierRule
 from .policy_file import load_policy_file
+from .policy_store import PolicyActivation, PolicyStore, PolicyVersion
 from .refiller import BalanceRefiller, IndexReport
 from .state import BalanceState
 from .sweep import SweepReport
@@ -48,7 +51,12 @@ __all__ = [
     "InvalidAmount",
     "InvalidArgument",
     "InvalidUserId",
+    "NoActivePolicy",
+    "PolicyActivation",
     "PolicyFileError",
+    "PolicyNotFound",
+    "PolicyStore",
+    "PolicyVersion",
     "RefillPolicy",
     "StorageError",
     "SweepLocked",

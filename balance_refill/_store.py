@@ -78,6 +78,8 @@ class AsyncCollection(Protocol):
 
     async def create_index(self, keys: IndexKeys, *, name: str, sparse: bool = False) -> str: ...
 
+    async def index_information(self) -> Mapping[str, Any]: ...
+
     async def bulk_write(self, requests: list[UpdateOne], ordered: bool = True) -> Any: ...
 
     def find(
@@ -314,11 +316,22 @@ class Store:
         return await self.run(f"aggregate {collection.name}", fetch)
 
     async def create_index(
-        self, collection: AsyncCollection, keys: IndexKeys, *, name: str, sparse: bool = False
+        self,
+        collection: AsyncCollection,
+        keys: IndexKeys,
+        *,
+        name: str,
+        sparse: bool = False,
+        unique: bool = False,
+        partial: Update | None = None,
     ) -> str:
         options: dict[str, Any] = {"name": name}
         if sparse:
             options["sparse"] = True
+        if unique:
+            options["unique"] = True
+        if partial is not None:
+            options["partialFilterExpression"] = dict(partial)
         return await self.run(
             f"create index on {collection.name}",
             lambda: collection.create_index(list(keys), **options),
@@ -332,9 +345,12 @@ class Store:
 
     async def index_keys(self, collection: AsyncCollection) -> dict[str, list[tuple[str, int]]]:
         """The collection's indexes: name -> key pattern."""
-        listing = getattr(collection, "index_information")  # noqa: B009 - as estimated_count
-        info = await self.run(f"list indexes of {collection.name}", listing)
+        info = await self.run(f"list indexes of {collection.name}", collection.index_information)
         return {str(n): [(str(k), v) for k, v in spec.get("key", [])] for n, spec in info.items()}
+
+    async def index_names(self, collection: AsyncCollection) -> set[str]:
+        """The names of the indexes `collection` has."""
+        return set(await self.index_keys(collection))
 
     async def count(self, collection: AsyncCollection, filter_: Update) -> int:
         return int(

@@ -80,6 +80,14 @@ class UserNotFound(BalanceRefillError, LookupError):
     """A read-only or admin operation named a user with no balance document."""
 
 
+class PolicyNotFound(BalanceRefillError, LookupError):
+    """A policy version the policy store does not hold."""
+
+
+class NoActivePolicy(BalanceRefillError, LookupError):
+    """The policy store holds no active version yet (push one, then activate it)."""
+
+
 class StorageError(BalanceRefillError, RuntimeError):
     """The database driver failed; the original error is chained as __cause__."""
 

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._schema import Document
 from ._store import AsyncCollection
@@ -199,6 +199,9 @@ class RecordingCollection:
 
     async def create_index(self, *args: object, **kwargs: object) -> str:
         return await self._call("create_index", self._inner.create_index, args, kwargs)
+
+    async def index_information(self, *args: object, **kwargs: object) -> Mapping[str, Any]:
+        return await self._call("index_information", self._inner.index_information, args, kwargs)
 
     async def bulk_write(self, *args: object, **kwargs: object) -> object:
         return await self._call("bulk_write", self._inner.bulk_write, args, kwargs)

@@ -186,8 +186,9 @@ def test_exit_codes(run: Run, argv: tuple[str, ...], code: int, message: str) ->
 
 
 def test_missing_policy_is_a_configuration_error(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that writes needs a policy (exit 2, naming --policy); reads do not."""
     monkeypatch.delenv("BALANCE_REFILL_POLICY", raising=False)
-    code, _, err = run("show", "u", policy=False)
+    code, _, err = run("grant", "u", "5", "--reason", "r", policy=False)
     assert code == 2
     assert "--policy" in err
 
@@ -517,12 +518,13 @@ def test_demo_json_is_a_summary(run: Run) -> None:
     ],
 )
 def test_errors_under_json_are_json_on_stderr(run: Run, argv: tuple[str, ...], code: int) -> None:
-    """Under --json an error is one JSON object on stderr, `{"error": ..., "code": ...}`."""
+    """Under --json an error is one JSON object on stderr, `{"error": ..., "code": ...}`
+    (and an admin write's `request_id`)."""
     got, out, err = run(*argv, "--json")
     assert (got, out) == (code, "")
     assert err.count("\n") == 1
     payload = json.loads(err)
-    assert set(payload) == {"error", "code"}
+    assert set(payload) - {"request_id"} == {"error", "code"}
     assert payload["code"] == code
     assert payload["error"]
 
@@ -590,7 +592,8 @@ def test_policy_errors_are_plain_sentences(
 def test_without_mongodb_uri_the_cli_says_nothing_is_saved(
     policy_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without MONGODB_URI: one note on stderr (a JSON line under --json), stdout clean."""
+    """Without MONGODB_URI: one note on stderr (under --json, in the one status object),
+    stdout clean."""
     monkeypatch.delenv("MONGODB_URI", raising=False)
     monkeypatch.setenv("BALANCE_REFILL_POLICY", str(policy_file))
     out, err = io.StringIO(), io.StringIO()
@@ -600,9 +603,10 @@ def test_without_mongodb_uri_the_cli_says_nothing_is_saved(
     out, err = io.StringIO(), io.StringIO()
     assert main(["show", "bob", "--json"], stdout=out, stderr=err) == 1
     assert out.getvalue() == ""
-    note, error = (json.loads(line) for line in err.getvalue().splitlines())
-    assert "in-memory database" in note["note"]
-    assert error == {"error": "user 'bob' has no balance document", "code": 1}
+    status = json.loads(err.getvalue())
+    (note,) = status.pop("notes")
+    assert "in-memory database" in note
+    assert status == {"error": "user 'bob' has no balance document", "code": 1}
 
 
 @pytest.mark.parametrize(

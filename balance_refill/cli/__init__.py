@@ -3,9 +3,11 @@
     pip install 'balance_refill[cli]'
 
 It parses, configures logging (the only place that does), calls the library, prints
-Rich tables (or `--json`) and returns an exit code: 0 ok, 1 refused (insufficient
-credits, unknown user, a held lease, users a sweep could not refill), 2 bad input or
-configuration. Error messages name the bad value; credentials are never printed.
+Rich tables (or `--json`: one JSON object per stream) and returns an exit code: 0 ok,
+1 refused (insufficient credits, unknown user, unknown policy version, a held lease,
+users a sweep could not refill), 2 bad input or configuration, 3 a `--request-id`
+reused with other arguments, 130 interrupted. Error messages name the bad value;
+credentials are never printed.
 
 Without the extra (rich, pyyaml, pydantic-settings, mongomock-motor), `main` prints a
 one-line hint naming it and returns 2. `Connection` and `connect` need only the core.

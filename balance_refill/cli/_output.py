@@ -1,9 +1,14 @@
 """What the CLI prints: Rich tables on a terminal or in text, JSON with `--json`, and
-the sweep's progress (a bar on a terminal, periodic plain lines otherwise)."""
+the sweep's progress (a bar on a terminal, periodic plain lines otherwise).
+
+Under `--json` each stream carries exactly one JSON object: stdout the command's result
+(nothing when it failed), stderr the status (`Status`): the exit code, then `error`,
+`notes` and `log` when there are any, written once when the command ends."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +28,9 @@ from rich.progress import (
 from rich.table import Table
 
 from balance_refill import BalanceState, SweepReport
+
+STRUCTURED = ("operation", "user", "policy_version")
+"""The structured fields (`extra=`) a log record may carry, kept under --json."""
 
 ProgressCallback = Callable[[int, int | None], None]
 """Called by the sweep after every batch with (users scanned, candidates expected)."""
@@ -61,13 +69,68 @@ def _when(value: object, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return value.strftime(fmt) if isinstance(value, datetime) else str(value)
 
 
-class Output:
-    """Where one command's results go (`stream`) and its progress lines (`err`)."""
+class Status:
+    """What a command says on stderr besides its result: notes, log lines, fields such as
+    a generated request id, and the final error. As plain lines when they happen; under
+    `--json`, gathered into one object written by `finish`."""
 
-    def __init__(self, as_json: bool, stream: TextIO, err: TextIO) -> None:
+    def __init__(self, as_json: bool, err: TextIO) -> None:
+        self.as_json = as_json
+        self.err = err
+        self.notes: list[str] = []
+        self.log: list[dict[str, object]] = []
+        self.fields: dict[str, object] = {}
+
+    def note(self, text: str) -> None:
+        if self.as_json:
+            self.notes.append(text)
+        else:
+            self.err.write(f"note: {text}\n")
+
+    def field(self, key: str, value: object) -> None:
+        """A value the caller may need even after a failure (under --json only)."""
+        self.fields[key] = value
+
+    def log_line(self, record: logging.LogRecord, line: str) -> None:
+        if self.as_json:
+            entry: dict[str, object] = {
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            for key in STRUCTURED:  # the `extra=` fields a record carries
+                if key in record.__dict__:
+                    entry[key] = jsonable(record.__dict__[key])
+            self.log.append(entry)
+        else:
+            self.err.write(line + "\n")
+            self.err.flush()
+
+    def finish(self, code: int, error: str | None = None, *, refused: bool = False) -> int:
+        """Write the error (a line), or under --json the one status object; return `code`."""
+        if self.as_json:
+            payload: dict[str, object] = {"code": code}
+            if error is not None:
+                payload = {"error": error, "code": code}
+            if self.notes:
+                payload["notes"] = self.notes
+            if self.log:
+                payload["log"] = self.log
+            payload.update((key, jsonable(value)) for key, value in self.fields.items())
+            self.err.write(json.dumps(payload) + "\n")
+        elif error is not None:
+            self.err.write(f"{'refused' if refused else 'error'}: {error}\n")
+        return code
+
+
+class Output:
+    """Where one command's results go (`stream`), and its notes and progress (`status`)."""
+
+    def __init__(self, as_json: bool, stream: TextIO, status: Status) -> None:
         self.as_json = as_json
         self.stream = stream
-        self.err = err
+        self.status = status
+        self.err = status.err
         is_tty = hasattr(stream, "isatty") and stream.isatty()
         self.console = Console(file=stream, highlight=False, width=None if is_tty else 160)
 
@@ -77,8 +140,8 @@ class Output:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
-        """A one-line notice on stderr (a JSON object `{"note": ...}` under --json)."""
-        self.err.write((json.dumps({"note": text}) if self.as_json else f"note: {text}") + "\n")
+        """A one-line notice on stderr (under --json, an entry of the status's `notes`)."""
+        self.status.note(text)
 
     def data(self, payload: object, render: Callable[[], None]) -> None:
         if self.as_json:
@@ -86,21 +149,37 @@ class Output:
         else:
             render()
 
-    def state(self, state: BalanceState, title: str) -> None:
+    def state(
+        self,
+        state: BalanceState,
+        title: str,
+        *,
+        without: Sequence[str] = (),
+        request_id: str | None = None,
+    ) -> None:
+        """A state as a table (JSON: an object); the fields in `without` are unknown
+        (shown as `-`, JSON null); `request_id`, the write's idempotency key, is a row."""
+        fields = {k: None if k in without else v for k, v in state_dict(state).items()}
+        if request_id is not None:
+            fields["request_id"] = request_id
+
         def render() -> None:
             table = Table(title=title, show_header=False)
-            for key, value in state_dict(state).items():
+            for key, value in fields.items():
                 shown = "-" if value is None else _when(value, "%Y-%m-%d %H:%M:%S UTC")
                 table.add_row(key, shown)
             self.console.print(table)
 
-        self.data(state_dict(state), render)
+        self.data(fields, render)
 
-    def nothing_refilled(self, user: str, state: BalanceState, reason: str) -> None:
+    def nothing_refilled(
+        self, user: str, state: BalanceState, reason: str, *, request_id: str | None = None
+    ) -> None:
         """`refill-now` that changed nothing: one line saying why (JSON: the state and
         `"not_refilled"` with the reason)."""
+        key = {} if request_id is None else {"request_id": request_id}
         self.data(
-            {**state_dict(state), "not_refilled": reason},
+            {**state_dict(state), "not_refilled": reason, **key},
             lambda: self.line(f"nothing to refill for {user}: {reason}"),
         )
 
@@ -149,8 +228,12 @@ class Output:
 
     @contextmanager
     def sweep_progress(self) -> Iterator[ProgressCallback]:
-        """A progress bar on a terminal (unless `--json`), else plain lines on `err`."""
-        if not self.console.is_terminal or self.as_json:
+        """A progress bar on a terminal, plain lines on `err` otherwise; none under
+        `--json` (stderr holds one object then; `-v` logs the sweep's progress into it)."""
+        if self.as_json:
+            yield lambda done, total: None
+            return
+        if not self.console.is_terminal:
             yield PlainProgress(self.err)
             return
         columns = (

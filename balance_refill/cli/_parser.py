@@ -18,7 +18,8 @@ from bson import ObjectId
 from balance_refill import __version__
 from balance_refill.periods import parse_interval
 
-EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_REFUSED, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 UserId = str | int | ObjectId
 """A user id as the library takes it."""
@@ -34,21 +35,35 @@ USER_HELP = "the user id: 24 hex digits are an ObjectId (LibreChat), else a stri
 _HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
 
 MAX_DAYS = 3650
+MAX_REQUEST_ID = 256
 MAX_SEED = 2**32 - 1
 
 EXIT_CODES = """\
 exit codes: 0 ok (also a refill-now that had nothing to add); 1 refused (unknown user,
 insufficient credits, the sweep lease is held, a sweep with failed users); 2 bad input,
-configuration, or a database that cannot be used (unreachable, a malformed MONGODB_URI).
-Errors are one line on stderr; with --json, a JSON object {"error": ..., "code": ...}.
+configuration, or a database that cannot be used (unreachable, a malformed MONGODB_URI);
+3 the --request-id was already used with other arguments (nothing changed: retry with
+the original arguments, or use a new key for a new request); 130 interrupted (Ctrl-C).
+An admin write (grant, set-balance, set-tier, pause, resume, refill-now) carries an
+idempotency key: --request-id KEY, else a generated one, shown in its result; after a
+database error or an interruption the error line names it, to retry at most once.
+Errors are one line on stderr. With --json each stream holds exactly one JSON object:
+stdout the result (nothing on failure), stderr the status {"code": ..., "error": ...,
+"notes": [...], "log": [...]} (error, notes and log only when there are any).
 
 environment: MONGODB_URI (none: a temporary in-memory database, nothing saved),
 BALANCE_REFILL_POLICY, BALANCE_REFILL_DATABASE, BALANCE_REFILL_BALANCES_COLLECTION,
-BALANCE_REFILL_TRANSACTIONS_COLLECTION, BALANCE_REFILL_LEASES_COLLECTION."""
+BALANCE_REFILL_TRANSACTIONS_COLLECTION, BALANCE_REFILL_LEASES_COLLECTION,
+BALANCE_REFILL_POLICIES_COLLECTION (the stored policy; default balance_refill_policies).
+Without --policy or BALANCE_REFILL_POLICY, commands use the stored active policy version."""
 
 
 class CliError(Exception):
     """A usage or configuration problem (exit code 2)."""
+
+
+class Refused(Exception):
+    """A refusal the CLI words itself, such as a correction below 0 (exit code 1)."""
 
 
 class UsageError(Exception):
@@ -73,7 +88,16 @@ class Parser(argparse.ArgumentParser):
 
 def parse_user(text: str, id_type: str) -> UserId:
     """A user id from the command line: `auto` reads 24 hex digits as an ObjectId
-    (LibreChat), anything else as a string; `str`, `int` and `objectid` force a type."""
+    (LibreChat), anything else as a string; `str`, `int` and `objectid` force a type.
+    Leading or trailing whitespace is refused whatever the type: ids are compared exactly,
+    so `" u "` would silently be another user than `"u"`."""
+    if not text.strip():
+        raise CliError(f"user id {text!r} is empty or only whitespace")
+    if text != text.strip():
+        raise CliError(
+            f"user id {text!r} has leading or trailing whitespace; ids are compared exactly, "
+            f"so it would be another user than {text.strip()!r}: pass the id without it"
+        )
     if id_type == "str":
         return text
     if id_type == "int":
@@ -144,6 +168,15 @@ _GLOBALS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         },
     ),
     (
+        ("--librechat-auto-refill",),
+        {
+            "choices": ("on", "off"),
+            "help": "with a librechat.yaml as --policy whose autoRefillEnabled is false "
+            "(as it must be beside a running LibreChat): on refills on its amount and "
+            "interval, off refills nobody; without it such a file is refused",
+        },
+    ),
+    (
         ("--database",),
         {
             "metavar": "NAME",
@@ -176,6 +209,7 @@ _DEFAULTS = {"json": False, "verbose": 0, "id_type": "auto"}
 _USES_NO_DATABASE = {"--json", "--verbose"}
 _USES_NO_USER = _USES_NO_DATABASE | {
     "--policy",
+    "--librechat-auto-refill",
     "--database",
     "--balances-collection",
     "--transactions-collection",
@@ -206,6 +240,28 @@ def _add_globals(parser: argparse.ArgumentParser, shown: set[str] | None) -> Non
 
 
 _EVERYTHING = {flags[-1] for flags, _ in _GLOBALS}
+
+
+def request_id_arg(text: str) -> str:
+    """An idempotency key: 1 to 256 characters, no surrounding whitespace."""
+    if not text.strip() or text != text.strip() or len(text) > MAX_REQUEST_ID:
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {MAX_REQUEST_ID} characters without surrounding whitespace, "
+            f"got {text[:40]!r}"
+        )
+    return text
+
+
+def _request_id(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--request-id",
+        metavar="KEY",
+        type=request_id_arg,
+        default=None,
+        help="idempotency key: a retry with the same KEY (after an error, say) applies "
+        "at most once; the same KEY with other arguments is refused, exit 3. Default: a "
+        "generated key, printed on stderr (and under --json) so you can retry with it",
+    )
 
 
 def _actor(p: argparse.ArgumentParser) -> None:
@@ -296,6 +352,7 @@ class _Commands:
             )
             p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the ledger")
             _actor(p)
+            _request_id(p)
             _create(p)
             if name == "grant":
                 p.add_argument(
@@ -319,6 +376,7 @@ class _Commands:
         p.add_argument("user", help=USER_HELP)
         p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the ledger")
         _actor(p)
+        _request_id(p)
         _create(p)
         p = self.add(
             "history",
@@ -347,6 +405,8 @@ class _Commands:
         p.add_argument("user", help=USER_HELP)
         p.add_argument("tier", help="a tier of the policy file")
         _actor(p)
+        _request_id(p)
+        p.add_argument("--reason", metavar="TEXT", default=None, help="why, for the ledger")
         pin = p.add_mutually_exclusive_group()
         pin.add_argument(
             "--pin",
@@ -375,6 +435,8 @@ class _Commands:
             )
             p.add_argument("user", help=USER_HELP)
             _actor(p)
+            _request_id(p)
+            p.add_argument("--reason", metavar="TEXT", default=None, help="why, for the ledger")
 
     def sweep(self) -> None:
         p = self.add(
@@ -417,7 +479,7 @@ class _Commands:
             "data labelled as such on every page. Sign-in needs BALANCE_REFILL_ADMIN_TOKEN; "
             "without it the server refuses to start unless bound to 127.0.0.1 with "
             "--insecure-local. Refusing to start is exit 2.",
-            uses=_USES_NO_DATABASE | {"--policy"},
+            uses=_USES_NO_DATABASE | {"--policy", "--librechat-auto-refill"},
         )
         p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
         p.add_argument(
@@ -430,17 +492,77 @@ class _Commands:
         )
 
     def policy(self) -> None:
-        policy = self.add("policy", "policy files", uses=_USES_NO_DATABASE)
-        actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-        check = actions.add_parser(
-            "check",
-            help="validate a policy file and print the rules per tier",
-            description="Validate a policy file (ours or librechat.yaml) and print the "
-            "effective rules per tier; an invalid file is exit 2, naming the field.",
+        policy = self.add(
+            "policy",
+            "policy files, and the stored, versioned policy",
+            "Check a policy file, or manage the policy stored in the database: numbered "
+            "versions (push), exactly one of them active (activate), each change recorded "
+            "with who and why. Commands given no --policy use the active stored version.",
+            uses=_USES_NO_DATABASE,
         )
-        _add_globals(check, _USES_NO_DATABASE)
-        check.add_argument("file")
-        self.parsers["policy check"] = check
+        actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+        stored = _USES_NO_DATABASE | {"--database"}
+
+        def action(
+            name: str, help_: str, description: str, uses: set[str]
+        ) -> argparse.ArgumentParser:
+            p = actions.add_parser(name, help=help_, description=description)
+            _add_globals(p, uses)
+            self.parsers[f"policy {name}"] = p
+            return p
+
+        action(
+            "check",
+            "validate a policy file and print the rules per tier",
+            "Validate a policy file (ours or librechat.yaml) and print the "
+            "effective rules per tier; an invalid file is exit 2, naming the field.",
+            _USES_NO_DATABASE,
+        ).add_argument("file")
+        p = action(
+            "push",
+            "store a policy file as the next version (not yet active)",
+            "Validate a policy file and store it as the next numbered version, with who "
+            "and why; it is not active until `policy activate N`. An invalid file is "
+            "exit 2 and stores nothing.",
+            stored,
+        )
+        p.add_argument("file")
+        p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the record")
+        _actor(p)
+        action(
+            "list",
+            "the stored versions and the activation history",
+            "The stored policy versions, oldest first, with the active one marked, and "
+            "the activation history, newest first (who activated which version, when, why).",
+            stored,
+        )
+        action(
+            "show",
+            "one stored version: its rules per tier and who pushed it",
+            "One stored version: who pushed it, when and why, and its rules per tier. "
+            "An unknown version is exit 1.",
+            stored,
+        ).add_argument("version", type=bounded_int(1), help="the version number")
+        p = action(
+            "diff",
+            "the settings that differ between two stored versions",
+            "The settings that differ between versions A and B (per tier, rules included). "
+            "An unknown version is exit 1.",
+            stored,
+        )
+        p.add_argument("a", metavar="A", type=bounded_int(1), help="a version number")
+        p.add_argument("b", metavar="B", type=bounded_int(1), help="another version number")
+        p = action(
+            "activate",
+            "make a stored version the active one (roll back: activate an older one)",
+            "Make version N the active policy, recording who, when and why. Exactly one "
+            "version is active; rolling back is activating an older one. An unknown "
+            "version is exit 1 and changes nothing.",
+            stored,
+        )
+        p.add_argument("version", type=bounded_int(1), help="the version number")
+        p.add_argument("--reason", metavar="TEXT", required=True, help="why, for the record")
+        _actor(p)
 
 
 def build_parser() -> Parser:
@@ -472,7 +594,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     args, extras = parser.parse_known_args(list(argv))
     if extras:
-        name = "policy check" if args.command == "policy" else args.command
+        name = f"policy {args.policy_command}" if args.command == "policy" else args.command
         target = parser.commands.get(name, parser)
         words = list(argv)
         first = words.index(extras[0]) if extras[0] in words else len(words)

@@ -20,6 +20,9 @@ from balance_refill import (
     BalanceRefillError,
     BalanceState,
     InsufficientCredits,
+    PolicyActivation,
+    PolicyStore,
+    PolicyVersion,
     RefillPolicy,
     SweepReport,
     TieredPolicy,
@@ -192,3 +195,16 @@ class _NoUpdates:
 def refused_collections() -> None:
     BalanceRefiller(_NoUpdates(), POLICY)  # type: ignore[arg-type]  # the protocol is checked
     BalanceRefiller({"balances": []}, POLICY)  # type: ignore[arg-type]  # not a collection
+
+
+async def policy_store_usage(collection: RecordingCollection) -> None:
+    store = PolicyStore(collection, clock=FakeClock())
+    assert_type(await store.push(POLICY, actor="ops", reason="r"), int)
+    await store.activate(1, actor="ops", reason="r")
+    assert_type(await store.active(), tuple[int, RefillPolicy | TieredPolicy])
+    assert_type(await store.get(1), PolicyVersion)
+    assert_type(await store.versions(), list[PolicyVersion])
+    assert_type((await store.activations())[0], PolicyActivation)
+    await store.activate("1", actor="ops", reason="r")  # type: ignore[arg-type]  # a number
+    await store.push(POLICY, actor="ops")  # type: ignore[call-arg]  # a reason is required
+    PolicyStore(_NoUpdates())  # type: ignore[arg-type]  # the protocol is checked
