@@ -262,7 +262,6 @@ ALTERED_CASE = (
     [
         Demand("ann", START, 400),
         Login("ann", START + timedelta(days=8)),  # 100 left: above the threshold 0
-        Demand("ann", START + timedelta(days=9), 300),
     ],
 )
 
