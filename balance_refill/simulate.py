@@ -35,6 +35,7 @@ from .decide import (
     UserState,
     after_charge,
     assigned_tier,
+    next_refill,
     plan_refill,
     spend_outcome,
 )
@@ -165,15 +166,17 @@ class _User:
         "doc",
         "granted",
         "month_refused",
+        "next_at",
         "refills",
         "refused",
         "spent",
         "state",
     )
 
-    def __init__(self, doc: dict[str, Any]) -> None:
+    def __init__(self, doc: dict[str, Any], tiers: TieredPolicy, now: datetime) -> None:
         self.doc = doc
         self.state: UserState = S.parse(doc).state
+        self.next_at = _next_at(tiers, self.state, now)
         self.refills = 0
         self.refused = 0
         self.demands = 0
@@ -242,7 +245,7 @@ class Simulator:
         self._by_tier: dict[str, int] = dict.fromkeys(self.tiers.tiers, 0)
         for raw, value in (start_balances or {}).items():
             user = self._id(raw)
-            self._users[user] = _User(self._start_doc(user, value))
+            self._users[user] = _User(self._start_doc(user, value), self.tiers, self.start)
 
     # -- users ----------------------------------------------------------------------
 
@@ -272,7 +275,7 @@ class Simulator:
         """A new user, created as `Engine.read_or_create` creates one (the mirrored
         LibreChat fields are left out: no decision reads them)."""
         insert = S.first_seen_insert(user, now, start_balance=self._start_balance, mirrored={})
-        sim = _User(S.after_first_seen(None, insert, user, now))
+        sim = _User(S.after_first_seen(None, insert, user, now), self.tiers, now)
         self._users[user] = sim
         return sim
 
@@ -294,7 +297,9 @@ class Simulator:
         try:
             for event in events:
                 count += 1
-                now = _event_time(event, count)
+                now = event.at
+                if now.__class__ is not datetime or now.tzinfo is not UTC or now.microsecond % 1000:
+                    now = _event_time(event, count)
                 if now < last:
                     raise InvalidArgument(
                         f"event {count} at {now.isoformat()} comes before "
@@ -326,14 +331,16 @@ class Simulator:
                     m_demands[month] += 1
                     state = sim.state
                     if spend_outcome(state, amount, seen=False) is charged:
-                        sim.state = after_charge(state, amount)
+                        sim.state = state = after_charge(state, amount)
                         sim.spent += amount
                         doc = sim.doc
-                        doc[S.CREDITS] = sim.state.balance
-                        doc[S.SPENT] = sim.state.spent
-                    elif not self._refill_and_charge(sim, now, amount, month):
+                        doc[S.CREDITS] = state.balance
+                        doc[S.SPENT] = state.spent
+                    elif now < sim.next_at or not self._refill_and_charge(sim, now, amount, month):
                         self._refuse(sim, day, month)
                 elif type(event) is Login:
+                    if now < sim.next_at:
+                        continue  # `next_refill` says no refill can happen before then
                     plan = plan_refill(tiers, sim.state, now, 0)
                     if plan is not None:
                         month = now.year * 12 + now.month - 1 - first_month
@@ -364,6 +371,7 @@ class Simulator:
         """Apply `plan` as `refill_update` writes it, and count its ledger row."""
         _apply(sim.doc, S.refill_update(plan, now, charge=charge, mirrored={}))
         sim.state = S.parse(sim.doc).state
+        sim.next_at = _next_at(self.tiers, sim.state, now)
         ledger = row(
             sim.doc[S.USER], now, context=AUTO_REFILL, before=plan.before, after=plan.after
         )
@@ -465,6 +473,18 @@ def simulate(
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def _next_at(tiers: TieredPolicy, state: UserState, now: datetime) -> datetime:
+    """Before this instant `plan_refill` plans nothing for `state` (no refill is due
+    before `decide.next_refill`, the time the library reports to the user); a charge
+    does not move it (only a refill or an admin change does). A shortcut only: at or
+    after it, `plan_refill` decides."""
+    at = next_refill(tiers, state, now)
+    return NEVER if at is None else at
 
 
 def _instant(value: object, what: str) -> datetime:
