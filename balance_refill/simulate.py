@@ -297,7 +297,7 @@ class Simulator:
         try:
             for event in events:
                 count += 1
-                now = event.at
+                now = getattr(event, "at", None)
                 if now.__class__ is not datetime or now.tzinfo is not UTC or now.microsecond % 1000:
                     now = _event_time(event, count)
                 if now < last:

@@ -285,3 +285,124 @@ def test_an_altered_decision_makes_the_comparison_fail(monkeypatch: pytest.Monke
     policy, events = ALTERED_CASE
     sim, live, _ = both_ways(policy, events, {})
     assert sim != live
+
+
+# -- the contract ---------------------------------------------------------------------
+
+POLICY = RefillPolicy(amount=1_000, interval="30d", start_balance=1_000)
+
+
+def test_out_of_order_events_are_a_clear_error() -> None:
+    """An event earlier than the one before it raises InvalidArgument naming it."""
+    events = [Demand("ann", START + timedelta(hours=2), 10), Login("bob", START + timedelta(hours=1))]
+    with pytest.raises(InvalidArgument, match="event 2 .* before the previous event"):
+        simulate(POLICY, events, start=START, end=START + timedelta(days=1))
+
+
+@pytest.mark.parametrize(
+    ("event", "error", "message"),
+    [
+        (Demand("ann", START - timedelta(seconds=1), 10), InvalidArgument, "before the window"),
+        (Demand("ann", START + timedelta(days=2), 10), InvalidArgument, "after the window"),
+        (Demand("ann", START.replace(tzinfo=None), 10), InvalidArgument, "aware datetime"),
+        (Demand("ann", START, 0), InvalidAmount, "must not be zero"),
+        (Demand("ann", START, float("nan")), InvalidAmount, "finite"),
+        (Demand("ann", START, "10"), InvalidAmount, "must be a number"),  # type: ignore[arg-type]
+        (Demand({"$gt": ""}, START, 10), InvalidUserId, "user id"),  # type: ignore[arg-type]
+        (Login(True, START), InvalidUserId, "bool"),  # type: ignore[arg-type]
+        (("ann", START), InvalidArgument, "aware datetime"),
+    ],
+)
+def test_bad_events_are_refused(event: Any, error: type[Exception], message: str) -> None:
+    """Events outside the window, naive times, bad amounts and bad ids are refused with
+    an error under BalanceRefillError."""
+    with pytest.raises(error, match=message):
+        simulate(POLICY, [event], start=START, end=START + timedelta(days=1))
+
+
+def test_the_window_must_be_aware_and_ordered() -> None:
+    """A naive start or an end before the start is refused."""
+    with pytest.raises(InvalidArgument, match="aware"):
+        simulate(POLICY, [], start=START.replace(tzinfo=None), end=START)
+    with pytest.raises(InvalidArgument, match="before start"):
+        simulate(POLICY, [], start=START, end=START - timedelta(days=1))
+
+
+def test_periods_and_days_count_per_calendar_month() -> None:
+    """One period row per calendar month of the window, with refills, refused spends and
+    users refused at least once that month; one day row per day."""
+    events = [
+        Demand("ann", START, 800),  # 1,000 -> 200
+        Demand("ann", START + timedelta(hours=1), 500),  # refused
+        Demand("ann", START + timedelta(hours=2), 500),  # refused again: one dry user
+        Demand("ann", START + timedelta(days=31), 500),  # refill to 1,000, charge: 500
+        Demand("bob", START + timedelta(days=31), 2_000),  # refused (new user, 1,000)
+    ]
+    report = simulate(POLICY, events, start=START, end=START + timedelta(days=40))
+    assert [p.month.isoformat() for p in report.periods] == ["2028-01-01", "2028-02-01"]
+    jan, feb = report.periods
+    assert (jan.refills, jan.refused, jan.users_dry, jan.credits_granted) == (0, 2, 1, 0)
+    assert (feb.refills, feb.refused, feb.users_dry, feb.credits_granted) == (1, 1, 1, 800)
+    assert report.totals.users_dry == 2
+    assert report.users["ann"].balance == 500
+    assert report.users["ann"].refused == 2
+    assert len(report.days) == 41
+    assert (report.days[0].users_active, report.days[0].users_refused) == (1, 1)
+    assert report.days[31].share_refused == 0.5  # ann charged, bob refused
+    assert report.refills_by_tier == {"default": 1}
+    assert report.as_json()["totals"] == {
+        "credits_granted": 800,
+        "refills": 1,
+        "refused": 3,
+        "users_dry": 2,
+        "users": 2,
+        "demands": 5,
+        "spent": 1_300,
+    }
+
+
+def test_ids_are_read_as_the_library_stores_them() -> None:
+    """A 24-hex string and its ObjectId are one user, as `user_ids="auto"` stores them."""
+    from bson import ObjectId
+
+    hex_id = "64f0c0ffee0000000000beef"
+    events = [Demand(hex_id, START, 100), Demand(ObjectId(hex_id), START, 100)]
+    report = simulate(POLICY, events, start=START, end=START)
+    assert list(report.users) == [ObjectId(hex_id)]
+    assert report.users[ObjectId(hex_id)].balance == 800
+
+
+def test_start_balances_take_numbers_and_documents() -> None:
+    """A number starts the user with that balance, refilled at `start`; a document is
+    read as the library reads one (a stored tier, a due lastRefill)."""
+    tiers = TieredPolicy(
+        tiers={"a": POLICY, "b": RefillPolicy(amount=5_000, interval="1d")}, default_tier="a"
+    )
+    report = simulate(
+        tiers,
+        [Login("ann", START), Login("bob", START)],
+        start=START,
+        end=START,
+        start_balances={
+            "ann": 10,
+            "bob": {"tokenCredits": 10, "tier": "b", "lastRefill": START - timedelta(days=2)},
+        },
+    )
+    assert report.users["ann"].balance == 10  # refilled at start: not due
+    assert (report.users["bob"].balance, report.users["bob"].tier) == (5_000, "b")
+
+
+def test_feeding_in_parts_equals_one_run() -> None:
+    """`Simulator.feed` in several calls gives the report of one call."""
+    from balance_refill.events import Synthetic
+    from balance_refill.simulate import Simulator
+
+    weekly = RefillPolicy(amount=1_000, interval="7d", start_balance=1_000)
+    syn = Synthetic(users=30, days=20, start=START, cost_median=150, seed=3)
+    whole = simulate(weekly, syn, start=START, end=syn.end)
+    parts = Simulator(weekly, start=START, end=syn.end)
+    for day in syn.days_of_events():
+        parts.feed(day)
+    assert parts.report() == whole
+    assert whole.totals.refills > 0
+    assert whole.totals.refused > 0
