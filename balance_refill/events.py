@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import random
+import re
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -250,9 +251,14 @@ def _period_before(period: object, upper: datetime) -> datetime:
 # -- CSV and JSON lines ------------------------------------------------------------------
 
 
+_SECONDS = re.compile(r"\d+(\.\d*)?")
+
+
 def _parse_at(value: object, where: str) -> datetime:
     if isinstance(value, bool):
         raise InvalidArgument(f"{where}: 'at' must be a date, got {value!r}")
+    if isinstance(value, str) and _SECONDS.fullmatch(value.strip()):
+        value = float(value)
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise InvalidArgument(f"{where}: 'at' must be a date, got {value!r}")
