@@ -30,6 +30,7 @@ from balance_refill import (
 from ._commands import admin_command, demo_command, policy_check_command, sweep_command
 from ._connect import Connection, connect
 from ._output import Output
+from ._simulate import simulate_command  # also adds `simulate` to the parser
 from ._parser import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -66,6 +67,8 @@ async def _run(
 ) -> int:
     if args.command == "policy":
         return policy_check_command(args, out)
+    if args.command == "simulate":
+        return await simulate_command(args, settings, connection, out)
     if args.command == "demo":
         database = "balance_refill_demo" if settings.mongodb_uri else "demo"
         policy = None
