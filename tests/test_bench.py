@@ -17,7 +17,7 @@ from pymongo.errors import AutoReconnect
 
 from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
 from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
-from bench import calls, network, overhead, scale, sweep
+from bench import calls, network, overhead, scale, simulate, sweep
 from bench.baselines import LibreChatClassic, LibreChatReservations, Message, Ours
 from bench.common import START, librechat_doc, librechat_policy, mock_db, render
 from bench.run import BENCHMARKS, WIRE, main
@@ -136,6 +136,17 @@ def test_sweep_population_is_exact() -> None:
 
 
 @on_wire
+async def test_simulate_benchmark_quick() -> None:
+    """The simulator benchmark feeds a synthetic trace a day at a time and reports its
+    events per second and the memory it holds per user (no figure is asserted on time)."""
+    section = await simulate.run(quick=True)
+    assert section.data["events"] == section.value("synthetic trace: 200 users, 10 days")
+    assert section.data["events"] > 1_000
+    assert section.data["totals"]["demands"] > 0
+    assert all(b > 0 for b in section.data["bytes_per_user"])
+    assert section.figure("simulator speed").goal == ">= 100,000"
+
+
 async def test_sweep_benchmark_quick() -> None:
     """Ours reads only the due and active users and refills each once; the classic reads
     and writes everyone."""
