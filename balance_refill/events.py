@@ -421,7 +421,7 @@ class Synthetic:
 
     def days_of_events(self) -> Iterator[list[Event]]:
         """The events of each day in time order, one list a day (memory: one day)."""
-        rng = random.Random(self.seed)
+        rng = random.Random(self.seed)  # noqa: S311 - a seeded simulation, not a secret
         start = as_utc(self.start)
         day_ms = 86_400_000
         rates = []

@@ -98,8 +98,7 @@ def _svg(fig: Figure) -> str:
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
-    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.DOTALL)
-    return text
+    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.DOTALL)
 
 
 def _figure() -> tuple[Figure, Axes]:
@@ -143,8 +142,9 @@ def chart_refused_per_day(candidate: SimulationReport, baseline: SimulationRepor
         (baseline, "baseline", BASELINE_COLOR),
         (candidate, "candidate", CANDIDATE_COLOR),
     ):
+        days: Any = [d.day for d in report.days]  # matplotlib plots dates; its stubs say floats
         ax.plot(
-            [d.day for d in report.days],
+            days,
             [100 * d.share_refused for d in report.days],
             label=name,
             color=color,

@@ -129,9 +129,7 @@ class SimulationReport:
             "end": self.end.isoformat(),
             "events": self.events,
             "totals": _plain(self.totals),
-            "periods": [
-                {**_plain(p), "month": p.month.isoformat()[:7]} for p in self.periods
-            ],
+            "periods": [{**_plain(p), "month": p.month.isoformat()[:7]} for p in self.periods],
             "days": [
                 {
                     "day": d.day.isoformat(),
@@ -148,7 +146,7 @@ class SimulationReport:
 
 
 def _plain(value: UserOutcome | Totals | PeriodRow) -> dict[str, object]:
-    return {name: getattr(value, name) for name in value.__slots__}  # type: ignore[union-attr]
+    return {name: getattr(value, name) for name in value.__slots__}
 
 
 def _user_key(user: UserId) -> str:
@@ -281,7 +279,7 @@ class Simulator:
 
     # -- the events -----------------------------------------------------------------
 
-    def feed(self, events: Iterable[Event]) -> None:
+    def feed(self, events: Iterable[Event]) -> None:  # noqa: PLR0912, PLR0915 - the hot loop, inlined on purpose
         """Run `events` (in time order, each within [start, end])."""
         users = self._users
         last = self._last
@@ -289,7 +287,6 @@ class Simulator:
         first_day = self._first_day
         first_month = self._first_month
         d_active = self._d_active
-        d_refused = self._d_refused
         m_demands = self._m_demands
         count = self._events
         tiers = self.tiers

@@ -55,12 +55,15 @@ def test_synthetic_json_is_the_library_report(
         interval = text.split()[3]
         policy = RefillPolicy(amount=amount, interval=interval, start_balance=1_000)
         expected = simulate(policy, population, start=population.start, end=population.end)
-        assert data[key]["totals"] == expected.as_json()["totals"]
-        assert len(data[key]["users"]) == 40
+        assert data[key]["report"]["totals"] == expected.as_json()["totals"]
+        assert len(data[key]["report"]["users"]) == 40
     figures = {row["figure"]: row for row in data["summary"]}
-    assert figures["refills"]["candidate"] == data["candidate"]["totals"]["refills"]
-    assert figures["refills"]["baseline"] == data["baseline"]["totals"]["refills"]
-    assert data["candidate"]["totals"]["refills"] > data["baseline"]["totals"]["refills"]
+    assert figures["refills"]["candidate"] == data["candidate"]["report"]["totals"]["refills"]
+    assert figures["refills"]["baseline"] == data["baseline"]["report"]["totals"]["refills"]
+    assert (
+        data["candidate"]["report"]["totals"]["refills"]
+        > data["baseline"]["report"]["totals"]["refills"]
+    )
 
 
 def test_the_table_compares_side_by_side(
@@ -95,7 +98,10 @@ def test_against_active_reads_the_active_policy(
         cli_connection, "simulate", "--policy", str(files["candidate"]),
         "--against", str(files["baseline"]), *SYNTHETIC, "--json",
     )  # fmt: skip
-    assert json.loads(out)["baseline"]["totals"] == json.loads(explicit[1])["baseline"]["totals"]
+    assert (
+        json.loads(out)["baseline"]["report"]["totals"]
+        == json.loads(explicit[1])["baseline"]["report"]["totals"]
+    )
     assert json.loads(out)["baseline"]["policy"].startswith("active (")
 
 
@@ -117,9 +123,11 @@ def test_csv_source_and_its_errors(
     )  # fmt: skip
     assert code == 0, err
     data = json.loads(out)
-    assert data["baseline"]["totals"]["refused"] == 2  # 1,000 covers one 600 spend a month
-    assert data["candidate"]["totals"]["refused"] == 1  # a weekly refill covers the third
-    assert data["candidate"]["users"]["ann"]["refills"] == 1
+    assert (
+        data["baseline"]["report"]["totals"]["refused"] == 2
+    )  # 1,000 covers one 600 spend a month
+    assert data["candidate"]["report"]["totals"]["refused"] == 1  # a weekly refill covers the third
+    assert data["candidate"]["report"]["users"]["ann"]["refills"] == 1
     events.write_text("user,at,credits\nann,2026-03-01T00:00:00Z,NaN\n")
     code, _, err = cli(
         cli_connection, "simulate", "--policy", str(files["candidate"]),
@@ -147,9 +155,31 @@ def test_from_db_replays_librechat_transactions(
          "context": "message", "createdAt": now - timedelta(days=d, hours=1)}
         for d in (12, 5, 4, 3)
     ]  # fmt: skip
-    rows.append({"user": user, "tokenType": "completion", "tokenValue": float("nan"), "createdAt": now - timedelta(days=2)})
-    rows.append({"user": user, "tokenType": "credits", "context": "autoRefill", "tokenValue": 1000, "createdAt": now - timedelta(days=2)})
-    rows.append({"user": user, "tokenType": "prompt", "tokenValue": -5, "createdAt": now - timedelta(days=40)})
+    rows.append(
+        {
+            "user": user,
+            "tokenType": "completion",
+            "tokenValue": float("nan"),
+            "createdAt": now - timedelta(days=2),
+        }
+    )
+    rows.append(
+        {
+            "user": user,
+            "tokenType": "credits",
+            "context": "autoRefill",
+            "tokenValue": 1000,
+            "createdAt": now - timedelta(days=2),
+        }
+    )
+    rows.append(
+        {
+            "user": user,
+            "tokenType": "prompt",
+            "tokenValue": -5,
+            "createdAt": now - timedelta(days=40),
+        }
+    )
     asyncio.run(db["transactions"].insert_many(rows))
     code, out, err = cli(
         cli_connection, "simulate", "--policy", str(files["candidate"]),
@@ -157,8 +187,10 @@ def test_from_db_replays_librechat_transactions(
     )  # fmt: skip
     assert code == 0, err
     data = json.loads(out)
-    assert data["candidate"]["totals"]["demands"] == 4
-    assert data["baseline"]["totals"]["refused"] == 2  # 1,000 then 599.5 then refused twice
+    assert data["candidate"]["report"]["totals"]["demands"] == 4
+    assert (
+        data["baseline"]["report"]["totals"]["refused"] == 2
+    )  # 1,000 then 599.5 then refused twice
     assert "4 of 5 rows used" in data["notes"][0]
     code, out, err = cli(
         cli_connection, "simulate", "--policy", str(files["candidate"]),

@@ -28,12 +28,12 @@ T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 ANN = ObjectId("64f0c0ffee0000000000beef")
 
 
-def spend_row(user: Any, at: datetime, value: Any, token_type: str = "prompt", **extra: Any) -> dict[str, Any]:
+def spend_row(user: Any, at: Any, value: Any, kind: str = "prompt", **extra: Any) -> dict[str, Any]:
     """A spend row as LibreChat's `spendTokens` writes it."""
     return {
         "user": user,
         "conversationId": "c1",
-        "tokenType": token_type,
+        "tokenType": kind,
         "model": "gpt-4o",
         "context": "message",
         "rate": 2.5,
@@ -104,7 +104,10 @@ def test_odd_rows_are_skipped_and_counted(row: dict[str, Any], reason: str) -> N
 async def test_transaction_pages_read_the_window_in_order(db: Any) -> None:
     """The spend rows of [start, end] come oldest first across pages (ties at one
     createdAt split between pages too), odd rows skipped and counted."""
-    rows = [spend_row(ANN if i % 2 else "bob", T0 + timedelta(minutes=i // 3), -(i + 1)) for i in range(14)]
+    rows = [
+        spend_row(ANN if i % 2 else "bob", T0 + timedelta(minutes=i // 3), -(i + 1))
+        for i in range(14)
+    ]
     rows += [r for r, _ in ODD_ROWS[:4]] + LIBRECHAT_ROWS[3:]
     rows.append(spend_row(ANN, T0 - timedelta(days=1), -99))  # before the window
     rows.append(spend_row(ANN, T0 + timedelta(days=9), -99))  # after it
@@ -213,13 +216,13 @@ def test_synthetic_is_seeded_ordered_and_shaped() -> None:
     assert first != list(Synthetic(users=200, days=5, start=T0, seed=5))
     assert [e.at for e in first] == sorted(e.at for e in first)
     assert all(T0 <= e.at < syn.end for e in first)
-    per_user: dict[str, int] = {}
+    per_user: dict[object, int] = {}
     for e in first:
         if isinstance(e, Demand):
             per_user[e.user] = per_user.get(e.user, 0) + 1
     counts = sorted(per_user.values())
     assert counts[-len(counts) // 10] > 3 * counts[len(counts) // 2]  # a heavy tail
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[object, int]] = set()
     for e in first:
         key = (e.user, (e.at - T0).days)
         if key not in seen:
@@ -229,7 +232,13 @@ def test_synthetic_is_seeded_ordered_and_shaped() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("users", 0), ("days", 0), ("heavy_share", 1.5), ("messages_per_day", True), ("cost_sigma", -1)],
+    [
+        ("users", 0),
+        ("days", 0),
+        ("heavy_share", 1.5),
+        ("messages_per_day", True),
+        ("cost_sigma", -1),
+    ],
 )
 def test_synthetic_refuses_bad_settings(field: str, value: object) -> None:
     """Out-of-range or non-numeric settings are a clear error."""

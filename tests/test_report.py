@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from balance_refill import ConfigurationError, RefillPolicy, TieredPolicy
+from balance_refill import ConfigurationError, RefillPolicy, TieredPolicy, TierRule
 from balance_refill.events import Synthetic
 from balance_refill.report import html_report, summary
 from balance_refill.simulate import SimulationReport, simulate
@@ -28,7 +28,7 @@ CANDIDATE = run(
             "heavy": RefillPolicy(amount=20_000, calendar="week"),
         },
         default_tier="regular",
-        rules=({"from_tier": "regular", "to_tier": "heavy", "min_usage": 0.9},),  # type: ignore[arg-type]
+        rules=(TierRule(from_tier="regular", to_tier="heavy", min_usage=0.9),),
     )
 )
 
@@ -55,11 +55,18 @@ def test_the_page_is_self_contained_with_four_charts() -> None:
     urls = set(re.findall(r"https?://[^\s\"'<>]+", page))
     assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
     assert "from a &lt;test&gt;" in page
-    for title in ("Credits granted per month", "Share of users refused", "end balances", "Refills per tier"):
+    for title in (
+        "Credits granted per month",
+        "Share of users refused",
+        "end balances",
+        "Refills per tier",
+    ):
         assert title in page
     for month in ("2026-01", "2026-02"):
         assert month in page
-    assert html_report(CANDIDATE, BASELINE, notes=["from a <test>"], candidate_name="c.yaml") == page
+    assert (
+        html_report(CANDIDATE, BASELINE, notes=["from a <test>"], candidate_name="c.yaml") == page
+    )
 
 
 def test_without_matplotlib_the_report_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

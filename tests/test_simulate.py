@@ -25,6 +25,7 @@ from balance_refill import (
     RefillPolicy,
     TieredPolicy,
     TierRule,
+    UserId,
 )
 from balance_refill import simulate as simulate_module
 from balance_refill._validate import stored_user_id
@@ -36,9 +37,9 @@ from balance_refill.testing import FakeClock
 from .wire import backend
 
 START = datetime(2028, 1, 20, 10, tzinfo=UTC)
-USERS = ("ann", "bob", "64f0c0ffee0000000000beef", 7)
+USERS: tuple[UserId, ...] = ("ann", "bob", "64f0c0ffee0000000000beef", 7)
 REFILL_CONTEXTS = ("autoRefill", "refillReset")
-EXAMPLES = max(25, settings.default.max_examples // 4)
+EXAMPLES = max(25, settings().max_examples // 4)
 RUNS = {"examples": 0}
 """Examples the exactness property ran (for the run's summary line)."""
 
@@ -257,7 +258,7 @@ def test_simulated_equals_live_for_every_user(data: st.DataObject) -> None:
 
 # -- the property can fail ------------------------------------------------------------
 
-ALTERED_CASE = (
+ALTERED_CASE: tuple[RefillPolicy, list[Event]] = (
     RefillPolicy(amount=1_000, interval="7d", threshold=0, start_balance=500),
     [
         Demand("ann", START, 400),
@@ -294,8 +295,11 @@ POLICY = RefillPolicy(amount=1_000, interval="30d", start_balance=1_000)
 
 def test_out_of_order_events_are_a_clear_error() -> None:
     """An event earlier than the one before it raises InvalidArgument naming it."""
-    events = [Demand("ann", START + timedelta(hours=2), 10), Login("bob", START + timedelta(hours=1))]
-    with pytest.raises(InvalidArgument, match="event 2 .* before the previous event"):
+    events: list[Event] = [
+        Demand("ann", START + timedelta(hours=2), 10),
+        Login("bob", START + timedelta(hours=1)),
+    ]
+    with pytest.raises(InvalidArgument, match=r"event 2 .* before the previous event"):
         simulate(POLICY, events, start=START, end=START + timedelta(days=1))
 
 
@@ -309,7 +313,7 @@ def test_out_of_order_events_are_a_clear_error() -> None:
         (Demand("ann", START, float("nan")), InvalidAmount, "finite"),
         (Demand("ann", START, "10"), InvalidAmount, "must be a number"),  # type: ignore[arg-type]
         (Demand({"$gt": ""}, START, 10), InvalidUserId, "user id"),  # type: ignore[arg-type]
-        (Login(True, START), InvalidUserId, "bool"),  # type: ignore[arg-type]
+        (Login(True, START), InvalidUserId, "bool"),
         (("ann", START), InvalidArgument, "aware datetime"),
     ],
 )

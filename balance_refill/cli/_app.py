@@ -30,7 +30,6 @@ from balance_refill import (
 from ._commands import admin_command, demo_command, policy_check_command, sweep_command
 from ._connect import Connection, connect
 from ._output import Output
-from ._simulate import simulate_command  # also adds `simulate` to the parser
 from ._parser import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -40,6 +39,7 @@ from ._parser import (
     UsageError,
     parse_args,
 )
+from ._simulate import simulate_command  # also adds `simulate` to the parser
 from .settings import Settings, redact
 
 MOCK_NOTE = (

@@ -188,9 +188,7 @@ def _file_window(path: str) -> tuple[datetime, datetime, int]:
     return first, last, count
 
 
-def _run_both(
-    runs: tuple[Simulator, Simulator], events: Iterable[Event]
-) -> None:
+def _run_both(runs: tuple[Simulator, Simulator], events: Iterable[Event]) -> None:
     batch: list[Event] = []
     for event in events:
         batch.append(event)
@@ -204,6 +202,7 @@ def _run_both(
 
 async def _from_db(
     args: argparse.Namespace,
+    *,
     settings: Settings,
     connection: Connection | None,
     out: Output,
@@ -269,6 +268,13 @@ def _synthetic(args: argparse.Namespace) -> Synthetic:
 # -- the command -----------------------------------------------------------------------------
 
 
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def _shown(value: float) -> str:
     if float(value).is_integer():
         return f"{int(value):,}"
@@ -284,7 +290,14 @@ async def simulate_command(
     baseline_name, baseline = baseline_policy(args, settings)
     policies = (candidate, baseline)
     if args.from_db:
-        cand, base, notes = await _from_db(args, settings, connection, out, policies, baseline)
+        cand, base, notes = await _from_db(
+            args,
+            settings=settings,
+            connection=connection,
+            out=out,
+            policies=policies,
+            baseline=baseline,
+        )
     elif args.csv:
         first, last, count = _file_window(args.csv)
         runs = (
@@ -319,10 +332,7 @@ async def simulate_command(
             baseline_name=baseline_name,
             notes=notes,
         )
-        try:
-            Path(args.out).write_text(page, encoding="utf-8")
-        except OSError as exc:
-            raise CliError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        _write(args.out, page)
         out.note(f"report written to {args.out}")
 
     def render() -> None:
@@ -340,11 +350,10 @@ async def simulate_command(
 
     out.data(
         {
-            "candidate": {"policy": args.policy, **cand.as_json()},
-            "baseline": {"policy": baseline_name, **base.as_json()},
+            "candidate": {"policy": args.policy, "report": cand.as_json()},
+            "baseline": {"policy": baseline_name, "report": base.as_json()},
             "summary": [
-                {"figure": r.figure, "baseline": r.baseline, "candidate": r.candidate}
-                for r in rows
+                {"figure": r.figure, "baseline": r.baseline, "candidate": r.candidate} for r in rows
             ],
             "notes": notes,
         },
