@@ -18,10 +18,9 @@ generator) are in `balance_refill.events`; the HTML report in `balance_refill.re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from bson import ObjectId
@@ -308,8 +307,21 @@ class Simulator:
                         f"event {count} at {now.isoformat()} is after the window's end "
                         f"({end.isoformat()})"
                     )
-                last = now
                 user = self._id(event.user)
+                if type(event) is Demand:
+                    is_demand = True
+                    amount = event.credits
+                    if (type(amount) is not int and type(amount) is not float) or not (
+                        0 < amount <= MAX_SAFE_INT
+                    ):
+                        amount = check_amount(amount, what=f"event {count}: credits")
+                elif type(event) is Login:
+                    is_demand = False
+                else:
+                    raise InvalidArgument(
+                        f"event {count} is a {type(event).__name__}, not a Demand or a Login"
+                    )
+                last = now
                 sim = users.get(user)
                 if sim is None:
                     sim = self._first_seen(user, now)
@@ -317,12 +329,7 @@ class Simulator:
                 if sim.day_active != day:
                     sim.day_active = day
                     d_active[day] += 1
-                if type(event) is Demand:
-                    amount = event.credits
-                    if (type(amount) is not int and type(amount) is not float) or not (
-                        0 < amount <= MAX_SAFE_INT
-                    ):
-                        amount = check_amount(amount, what=f"event {count}: credits")
+                if is_demand:
                     month = now.year * 12 + now.month - 1 - first_month
                     sim.demands += 1
                     m_demands[month] += 1
@@ -335,17 +342,11 @@ class Simulator:
                         doc[S.SPENT] = state.spent
                     elif now < sim.next_at or not self._refill_and_charge(sim, now, amount, month):
                         self._refuse(sim, day, month)
-                elif type(event) is Login:
-                    if now < sim.next_at:
-                        continue  # `next_refill` says no refill can happen before then
+                elif now >= sim.next_at:  # a Login; before `next_refill` none can be due
                     plan = plan_refill(tiers, sim.state, now, 0)
                     if plan is not None:
                         month = now.year * 12 + now.month - 1 - first_month
                         self._refill(sim, now, plan, 0, month)
-                else:
-                    raise InvalidArgument(
-                        f"event {count} is a {type(event).__name__}, not a Demand or a Login"
-                    )
         finally:
             self._last = last
             self._events = count
@@ -506,25 +507,6 @@ def _month_index(value: datetime) -> int:
 def _month_start(index: int) -> date:
     year, month0 = divmod(index, 12)
     return date(year, month0 + 1, 1)
-
-
-def window(days: int, end: datetime) -> tuple[datetime, datetime]:
-    """The last `days` days up to `end`: (start, end), both aware UTC."""
-    end = as_utc(end if end.tzinfo is not None else end.replace(tzinfo=UTC))
-    return end - timedelta(days=days), end
-
-
-def end_balance_bins(report: SimulationReport, bins: int = 20) -> list[tuple[float, int]]:
-    """The end balances as (lower edge, users) histogram bins (for text output)."""
-    values = [float(o.balance) for o in report.users.values()]
-    if not values:
-        return []
-    low, high = min(values), max(values)
-    width = (high - low) / bins if high > low else 1.0
-    counts = [0] * bins
-    for v in values:
-        counts[min(bins - 1, math.floor((v - low) / width))] += 1
-    return [(low + i * width, n) for i, n in enumerate(counts)]
 
 
 __all__ = [

@@ -410,3 +410,18 @@ def test_feeding_in_parts_equals_one_run() -> None:
     assert parts.report() == whole
     assert whole.totals.refills > 0
     assert whole.totals.refused > 0
+
+
+def test_a_bad_event_changes_nothing() -> None:
+    """A refused event creates no user and moves no clock: the run so far is intact."""
+    from balance_refill.simulate import Simulator
+
+    sim = Simulator(POLICY, start=START, end=START + timedelta(days=1))
+    sim.feed([Demand("ann", START, 10)])
+    for bad in (Demand("bob", START + timedelta(hours=2), 0), ("bob", START)):
+        with pytest.raises((InvalidAmount, InvalidArgument)):
+            sim.feed([bad])  # type: ignore[list-item]
+    sim.feed([Demand("ann", START + timedelta(hours=1), 10)])  # still in time
+    report = sim.report()
+    assert list(report.users) == ["ann"]
+    assert report.users["ann"].balance == 980
