@@ -22,11 +22,11 @@ in a `Tally`; a malformed line in a file is an error naming the line.
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 import math
 import random
 import re
-import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from ._store import AsyncCollection, Store
 from ._validate import MAX_SAFE_INT, Credits, UserId, check_user_id
 from .errors import InvalidArgument, InvalidUserId
 from .periods import Calendar, add_months, as_utc
-from .policy import AnyPolicy, as_tiered
+from .policy import AnyPolicy, TieredPolicy, as_tiered
 
 
 class Demand(NamedTuple):
@@ -177,61 +177,77 @@ async def history_events(
     start: datetime,
     end: datetime,
     tally: Tally | None = None,
-) -> list[Demand]:
+) -> Iterator[Demand]:
     """Demands rebuilt from the balance documents' spend history: for each user, the
-    closed periods (`spendHistory`, newest last, the newest ending at `lastRefill`) and
-    the open one (`spentSinceRefill`, from `lastRefill` to `end`), each spread as one
-    Demand a day over its days, kept within [start, end]. Coarse: see `HISTORY_NOTE`.
-    Memory: a few Demands per user and day of the window."""
+    closed periods (`spendHistory`, newest last, the newest ending at `lastRefill`, each
+    as long as the user's tier's period) and the open one (`spentSinceRefill`, from
+    `lastRefill` to `end`), each spread evenly as one Demand a day over its days, at the
+    middle of each day's share, kept within [start, end]. Coarse: see `HISTORY_NOTE`.
+    The documents are read first (a few periods per user); the events then come in time
+    order, merged from one lazy stream per user (memory O(users))."""
     tally = tally if tally is not None else Tally()
     tiers = as_tiered(policy)
     store = Store(balances)
-    events: list[Demand] = []
+    streams: list[Iterator[Demand]] = []
     after: S.Update = {}
     while True:
         docs = await store.iterate(balances, after, sort=[("_id", 1)], limit=5_000)
         for doc in docs:
-            events.extend(_history_demands(doc, tiers, start, end, tally))
+            spans = _history_spans(doc, tiers, end, tally)
+            if spans:
+                streams.append(_spread(spans[0], spans[1], start, end))
         if len(docs) < 5_000:
             break
         after = {"_id": {"$gt": docs[-1]["_id"]}}
-    events.sort(key=lambda e: e.at)
-    return events
+    return heapq.merge(*streams, key=_at)
 
 
-def _history_demands(
-    doc: Mapping[str, Any], tiers: Any, start: datetime, end: datetime, tally: Tally
-) -> list[Demand]:
+def _at(event: Demand) -> datetime:
+    return event.at
+
+
+Span = tuple[datetime, datetime, Credits]
+
+
+def _history_spans(
+    doc: Mapping[str, Any], tiers: TieredPolicy, end: datetime, tally: Tally
+) -> tuple[UserId, list[Span]] | None:
+    """The user and its periods as (from, to, credits spent), oldest first."""
     tally.read += 1
     try:
         user = check_user_id(doc.get(S.USER))
     except InvalidUserId:
         tally.skip("user not an id")
-        return []
+        return None
     state = S.parse(doc).state
     if state.last_refill is None:
         tally.skip("no lastRefill")
-        return []
+        return None
     tally.used += 1
     period = tiers.tiers[tiers.tier_of(state.refill_tier or state.tier)].period
-    spans = [(state.last_refill, end, state.spent)]
+    spans: list[Span] = [(state.last_refill, end, state.spent)]
     upper = state.last_refill
     for spent in reversed(state.history):
         lower = _period_before(period, upper)
         spans.append((lower, upper, spent))
         upper = lower
-    offset = timedelta(seconds=zlib.crc32(str(user).encode()) % 86_400)  # spread over the day
-    out: list[Demand] = []
-    for lower, upper_, spent in spans:
-        if spent <= 0 or upper_ <= lower:
+    spans.reverse()
+    return user, spans
+
+
+def _spread(user: UserId, spans: list[Span], start: datetime, end: datetime) -> Iterator[Demand]:
+    """One Demand a day of each span, at the middle of equal slots (in time order)."""
+    day = timedelta(days=1)
+    for lower, upper, spent in spans:
+        if spent <= 0 or upper <= lower:
             continue
-        days = max(1, math.ceil((upper_ - lower) / timedelta(days=1)))
+        days = max(1, math.ceil((upper - lower) / day))
         share = spent / days
+        slot = (upper - lower) / days
         for i in range(days):
-            at = lower + timedelta(days=i) + min(offset, (upper_ - lower) / days / 2)
-            if start <= at <= end and share > 0:
-                out.append(Demand(user, as_utc(at), share))
-    return out
+            at = as_utc(lower + slot * i + slot / 2)
+            if start <= at <= end:
+                yield Demand(user, at, share)
 
 
 def _period_before(period: object, upper: datetime) -> datetime:

@@ -141,8 +141,10 @@ async def test_history_spreads_each_period_over_its_days(db: Any) -> None:
     )  # fmt: skip
     tally = Tally()
     policy = RefillPolicy(amount=1_000, interval="7d")
-    events = await history_events(
-        db["balances"], policy, start=T0 - timedelta(days=60), end=end, tally=tally
+    events = list(
+        await history_events(
+            db["balances"], policy, start=T0 - timedelta(days=60), end=end, tally=tally
+        )
     )
     assert [e.at for e in events] == sorted(e.at for e in events)
     current = [e for e in events if e.at >= T0]
