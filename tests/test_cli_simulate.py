@@ -180,7 +180,11 @@ def test_from_db_replays_librechat_transactions(
             "createdAt": now - timedelta(days=40),
         }
     )
-    asyncio.run(db["transactions"].insert_many(rows))
+
+    async def seed() -> None:  # in the CLI's kind of loop: on a server, a client of its own
+        await db["transactions"].insert_many(rows)
+
+    asyncio.run(seed())
     code, out, err = cli(
         cli_connection, "simulate", "--policy", str(files["candidate"]),
         "--against", str(files["baseline"]), "--from-db", "--days", "30", "--json",
