@@ -155,6 +155,8 @@ def start_balances(draw: st.DrawFn, tiers: TieredPolicy) -> dict[object, Any]:
             doc["tierPinned"] = True
         if draw(st.integers(min_value=0, max_value=4)) == 0:
             doc["refillPaused"] = True
+        if draw(st.integers(min_value=0, max_value=3)) == 0:
+            doc["reservedCredits"] = draw(st.sampled_from([100, 250.5]))  # LibreChat's holds
         out[user] = doc
     return out
 
