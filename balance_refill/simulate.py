@@ -152,6 +152,9 @@ def _user_key(user: UserId) -> str:
     return str(user) if isinstance(user, ObjectId | str) else f"{user}"
 
 
+_PLAIN_IDS = frozenset({str, int, ObjectId})
+
+
 class _User:
     """One user's running state: the document the live library would hold (what
     `_schema.parse` reads), its decision state, and the user's counters."""
@@ -247,14 +250,16 @@ class Simulator:
     # -- users ----------------------------------------------------------------------
 
     def _id(self, raw: object) -> UserId:
-        """The id as the live library stores it (`user_ids="auto"`), checked once per id."""
-        kind = type(raw)
-        if kind is str or kind is int or kind is ObjectId:
+        """The id as the live library stores it (`user_ids="auto"`), checked once per id
+        (only ids of exactly str, int or ObjectId are remembered: True == 1 must not
+        pass as the id 1)."""
+        plain = raw.__class__ in _PLAIN_IDS
+        if plain:
             known = self._ids.get(raw)
             if known is not None:
                 return known
         user = stored_user_id(raw, "auto")
-        if kind is str or kind is int or kind is ObjectId:
+        if plain:
             self._ids[raw] = user
         return user
 
@@ -281,6 +286,7 @@ class Simulator:
     def feed(self, events: Iterable[Event]) -> None:  # noqa: PLR0912, PLR0915 - the hot loop, inlined on purpose
         """Run `events` (in time order, each within [start, end])."""
         users = self._users
+        ids = self._ids
         last = self._last
         end = self.end
         first_day = self._first_day
@@ -293,7 +299,10 @@ class Simulator:
         try:
             for event in events:
                 count += 1
-                now = getattr(event, "at", None)
+                try:
+                    now = event.at
+                except AttributeError:
+                    now = None
                 if now.__class__ is not datetime or now.tzinfo is not UTC or now.microsecond % 1000:
                     now = _event_time(event, count)
                 if now < last:
@@ -307,7 +316,10 @@ class Simulator:
                         f"event {count} at {now.isoformat()} is after the window's end "
                         f"({end.isoformat()})"
                     )
-                user = self._id(event.user)
+                raw = event.user
+                user = ids.get(raw) if raw.__class__ in _PLAIN_IDS else None
+                if user is None:
+                    user = self._id(raw)
                 if type(event) is Demand:
                     is_demand = True
                     amount = event.credits
