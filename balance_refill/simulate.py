@@ -13,7 +13,7 @@ in a real collection: the final balance, the refills (the ledger's `autoRefill` 
 the events are read once, as they come.
 
 Event sources (LibreChat's transactions, spend history, CSV / JSON lines, a synthetic
-generator) are in `balance_refill.events`; the HTML report in `balance_refill.report`.
+generator) are in `balance_refill.usage`; the HTML report in `balance_refill.report`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from .decide import (
     spend_outcome,
 )
 from .errors import InvalidArgument
-from .events import Demand, Event, Login
 from .periods import as_utc
 from .policy import AnyPolicy, TieredPolicy, as_tiered
+from .usage import Demand, Event, Login
 
 REFILL_CONTEXTS = (AUTO_REFILL, REFILL_RESET)
 """The ledger contexts the report counts as refills."""

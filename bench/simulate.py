@@ -14,8 +14,8 @@ import time
 import tracemalloc
 
 from balance_refill import RefillPolicy
-from balance_refill.events import Synthetic
 from balance_refill.simulate import Simulator
+from balance_refill.usage import Synthetic
 
 from .common import START, Section, librechat_policy
 

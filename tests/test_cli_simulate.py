@@ -15,8 +15,8 @@ from bson import ObjectId
 
 from balance_refill import RefillPolicy
 from balance_refill.cli import Connection, main
-from balance_refill.events import Synthetic
 from balance_refill.simulate import simulate
+from balance_refill.usage import Synthetic
 
 CANDIDATE = "amount: 800\ninterval: 7d\nstart_balance: 1000\n"
 BASELINE = "amount: 1000\ninterval: 30d\nstart_balance: 1000\n"

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from balance_refill import ConfigurationError, RefillPolicy, TieredPolicy, TierRule
-from balance_refill.events import Synthetic
 from balance_refill.report import html_report, summary
 from balance_refill.simulate import SimulationReport, simulate
+from balance_refill.usage import Synthetic
 
 POPULATION = Synthetic(users=60, days=40, start=datetime(2026, 1, 20, tzinfo=UTC), seed=2)
 

@@ -400,8 +400,8 @@ def test_start_balances_take_numbers_and_documents() -> None:
 
 def test_feeding_in_parts_equals_one_run() -> None:
     """`Simulator.feed` in several calls gives the report of one call."""
-    from balance_refill.events import Synthetic
     from balance_refill.simulate import Simulator
+    from balance_refill.usage import Synthetic
 
     weekly = RefillPolicy(amount=1_000, interval="7d", start_balance=1_000)
     syn = Synthetic(users=30, days=20, start=START, cost_median=150, seed=3)

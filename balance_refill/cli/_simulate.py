@@ -18,7 +18,10 @@ from pathlib import Path
 from rich.table import Table
 
 from balance_refill import load_policy_file
-from balance_refill.events import (
+from balance_refill.periods import as_utc
+from balance_refill.policy import AnyPolicy
+from balance_refill.simulate import SimulationReport, Simulator
+from balance_refill.usage import (
     HISTORY_NOTE,
     Event,
     Synthetic,
@@ -27,9 +30,6 @@ from balance_refill.events import (
     read_events,
     transaction_pages,
 )
-from balance_refill.periods import as_utc
-from balance_refill.policy import AnyPolicy
-from balance_refill.simulate import SimulationReport, Simulator
 
 from ._connect import Connection, connect
 from ._output import Output

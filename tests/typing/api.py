@@ -26,7 +26,6 @@ from balance_refill import (
     TierRule,
     __version__,
 )
-from balance_refill.events import Synthetic
 from balance_refill.simulate import (
     Demand,
     Event,
@@ -39,6 +38,7 @@ from balance_refill.simulate import (
     simulate,
 )
 from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
+from balance_refill.usage import Synthetic
 
 POLICY = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
 

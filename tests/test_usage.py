@@ -12,7 +12,7 @@ import pytest
 from bson import ObjectId
 
 from balance_refill import InvalidArgument, RefillPolicy
-from balance_refill.events import (
+from balance_refill.usage import (
     HISTORY_NOTE,
     Demand,
     Login,
