@@ -80,7 +80,11 @@ class Admin:
                 if entry is not None:
                     if entry.get("f") != fingerprint:
                         raise IdempotencyConflict(
-                            str(request_id), operation=what, original=entry.get("a"), given=intent
+                            str(request_id),
+                            operation=str(entry.get("o", what)),
+                            original=entry.get("a"),
+                            given=_stored(intent),
+                            attempted=what,
                         )
                     replayed.append(entry)
                     return None  # applied before: nothing to write
@@ -89,6 +93,7 @@ class Admin:
                 return change
             entry = {
                 "k": key,
+                "o": what,
                 "f": fingerprint,
                 "a": _stored(intent),
                 "g": change.granted,

@@ -70,6 +70,13 @@ def spend_outcome(state: UserState, amount: Credits, *, seen: bool) -> SpendOutc
     return SpendOutcome.INSUFFICIENT
 
 
+def after_charge(state: UserState, amount: Credits) -> UserState:
+    """The state after a spend of `amount` that charged: the balance down and the
+    period's spend up by `amount`, which is what `_schema.spend_pipeline` does on the
+    server and what `Engine.state` reports (the simulator applies it to each charge)."""
+    return state._replace(balance=state.balance - amount, spent=state.spent + amount)
+
+
 def request_key(request_id: str) -> int:
     """The 64-bit key kept for a request id (8 bytes instead of the whole id)."""
     return int.from_bytes(

@@ -64,15 +64,27 @@ class IdempotencyConflict(BalanceRefillError, ValueError):
     idempotency key with a different body). Nothing was changed. `original` is what the
     first request with this id did (its amount, for a spend or a grant)."""
 
-    def __init__(self, request_id: str, *, operation: str, original: object, given: object) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        *,
+        operation: str,
+        original: object,
+        given: object,
+        attempted: str | None = None,
+    ) -> None:
         self.request_id = request_id
         self.operation = operation
         self.original = original
         self.given = given
+        self.attempted = attempted or operation
+        if self.attempted == operation:
+            asks = f"asks for {given!r}"
+        else:
+            asks = f"is a {self.attempted} of {given!r}"
         super().__init__(
             f"request id {request_id!r} was already used for a {operation} of {original!r}; "
-            f"this call asks for {given!r}. Nothing was changed: use a new request id for a "
-            "new request"
+            f"this call {asks}. Nothing was changed: use a new request id for a new request"
         )
 
 

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 
-from bench import calls, network, overhead, scale, sweep
+from bench import calls, network, overhead, scale, simulate, sweep
 from bench.common import Section, render
 
-BENCHMARKS = ("calls", "overhead", "network", "scale", "sweep")
+BENCHMARKS = ("calls", "overhead", "network", "scale", "sweep", "simulate")
 WIRE = ("network", "sweep")  # these start a mongoeco wire server
 
 
@@ -61,6 +61,7 @@ async def run_all(
         "scale": lambda: scale.run(quick),
         "sweep": lambda: sweep.run(quick),
         "network": lambda: network.run(quick),
+        "simulate": lambda: simulate.run(quick),
     }
     sections = []
     for name in (b for b in BENCHMARKS if b in only):

@@ -6,7 +6,9 @@ of 500, and writes no ledger. Ours is `sweep(active_within="30d", batch_size=500
 `RefillPolicy(amount=10_000, interval="30d")`. Both run on copies of one population, on a
 mongoeco wire server through the real driver (see `network`): 20% of the users are due
 (under 10,000 credits, `lastRefill` over 30 days old) and, independently, 50% inactive
-(`lastSeen` over 30 days old), so 10% are due and active.
+(`lastSeen` over 30 days old), so 10% are due and active. Ours reads the due users; for
+those its documents do not show as seen, one aggregation per batch looks for their rows in
+the ledger (LibreChat records activity there), which this population does not have.
 
 Every command the driver sends is counted by a `CommandListener`, with the documents its
 reply carries (`find`, `getMore`) or reports written (`insert`, `update`, `delete`).

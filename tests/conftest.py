@@ -161,7 +161,7 @@ def pytest_sessionfinish() -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Report the backend, and one line for each suite that claims a size: the model test,
     the fault matrix, the bad-input table and the query lint."""
-    from tests import test_faults, test_hostile, test_model, test_querylint
+    from tests import test_faults, test_hostile, test_model, test_querylint, test_simulate
 
     def failed(path: str) -> int:
         return sum(1 for r in terminalreporter.stats.get("failed", []) if path in r.nodeid)
@@ -185,6 +185,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"model test: {test_model.RUNS['examples']} examples of up to 12 steps "
             f"(profile {os.environ.get('HYPOTHESIS_PROFILE', 'dev')}), "
             f"{failed('tests/test_model.py')} violations"
+        )
+    if test_simulate.RUNS["examples"]:
+        terminalreporter.write_line(
+            f"simulator exactness: {test_simulate.RUNS['examples']} random policies and traces "
+            f"compared with the live library user for user "
+            f"(profile {os.environ.get('HYPOTHESIS_PROFILE', 'dev')}), "
+            f"{failed('tests/test_simulate.py::test_simulated_equals')} violations"
         )
     if test_querylint.LINTED:
         terminalreporter.write_line(

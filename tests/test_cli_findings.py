@@ -279,12 +279,12 @@ def test_sweep_with_a_librechat_yaml_that_refills_nobody_fails_in_one_line(
     names the trap and the fix; with `--librechat-auto-refill on` the sweep runs."""
     path = tmp_path / "librechat.yaml"
     path.write_text(LIBRECHAT_OFF)
-    code, out, err = cli(conn, "sweep", "--policy", str(path))
+    code, _, err = cli(conn, "sweep", "--policy", str(path))
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert "would refill nobody" in err
     assert "--librechat-auto-refill" in err
-    code, out, err = cli(conn, "sweep", "--policy", str(path), "--librechat-auto-refill", "on")
+    code, _, err = cli(conn, "sweep", "--policy", str(path), "--librechat-auto-refill", "on")
     assert code == 0, err
 
 

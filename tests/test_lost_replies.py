@@ -378,3 +378,18 @@ async def test_concurrent_calls_all_succeed_through_an_outage(
     r = BalanceRefiller(pool, POLICY, clock=FakeClock(NOW))
     states = await asyncio.gather(*(r.ensure_balance(f"u{i}") for i in range(10)))
     assert [s.balance for s in states] == [50] * 10
+
+
+async def test_a_conflict_across_operations_names_both(db: Any) -> None:
+    """A key first used for a grant, then for a pause: the error names the grant and its
+    amount, and the pause this call asked for."""
+    await db["balances"].insert_one(dict(SEED))
+    r = refiller(db, FakeClock(NOW))
+    await r.grant("u", 100, actor="a", reason="r", request_id="g")
+    with pytest.raises(
+        IdempotencyConflict,
+        match="already used for a grant of 100; this call is a set_auto_refill of False",
+    ) as info:
+        await r.set_auto_refill("u", False, actor="a", request_id="g")
+    assert (info.value.operation, info.value.attempted) == ("grant", "set_auto_refill")
+    assert (await r.get_state("u")).auto_refill is True

@@ -52,6 +52,7 @@ from ._parser import (
     parse_args,
 )
 from ._policies import policy_store, policy_store_command, stored_policy
+from ._simulate import simulate_command  # also adds `simulate` to the parser
 from .settings import Settings, redact, uri_problem
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ async def _run(
 ) -> int:
     if args.command == "policy" and args.policy_command == "check":
         return policy_check_command(args, out)
+    if args.command == "simulate":
+        return await simulate_command(args, settings, connection, out)
     if args.command == "demo":
         database = "balance_refill_demo" if settings.mongodb_uri else "demo"
     else:

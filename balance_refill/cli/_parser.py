@@ -241,6 +241,10 @@ def _add_globals(parser: argparse.ArgumentParser, shown: set[str] | None) -> Non
 
 _EVERYTHING = {flags[-1] for flags, _ in _GLOBALS}
 
+COMMAND_HOOKS: list[Callable[[Callable[..., argparse.ArgumentParser]], None]] = []
+"""Commands defined beside the code that runs them (`_simulate`), which adds itself here
+on import; each hook gets `_Commands.add`."""
+
 
 def request_id_arg(text: str) -> str:
     """An idempotency key: 1 to 256 characters, no surrounding whitespace."""
@@ -584,6 +588,8 @@ def build_parser() -> Parser:
     commands.sweep()
     commands.serve()
     commands.policy()
+    for hook in COMMAND_HOOKS:
+        hook(commands.add)
     parser.commands = commands.parsers
     return parser
 

@@ -29,7 +29,19 @@ from balance_refill import (
     TierRule,
     __version__,
 )
+from balance_refill.simulate import (
+    Demand,
+    Event,
+    Login,
+    PeriodRow,
+    SimulationReport,
+    Simulator,
+    Totals,
+    UserOutcome,
+    simulate,
+)
 from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
+from balance_refill.usage import Synthetic
 
 POLICY = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
 
@@ -208,3 +220,27 @@ async def policy_store_usage(collection: RecordingCollection) -> None:
     await store.activate("1", actor="ops", reason="r")  # type: ignore[arg-type]  # a number
     await store.push(POLICY, actor="ops")  # type: ignore[call-arg]  # a reason is required
     PolicyStore(_NoUpdates())  # type: ignore[arg-type]  # the protocol is checked
+
+
+def simulation() -> None:
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    events: list[Event] = [
+        Login("ann", start),
+        Demand("ann", start, 12.5),
+        Demand(ObjectId(), start, 3),
+    ]
+    report = simulate(POLICY, events, start=start, end=start + timedelta(days=30))
+    assert_type(report, SimulationReport)
+    outcome = report.users["ann"]
+    assert_type(outcome, UserOutcome)
+    assert_type(outcome.balance, int | float)
+    assert_type(outcome.tier, str)
+    assert_type(report.totals, Totals)
+    first: PeriodRow = report.periods[0]
+    granted: int | float = first.credits_granted
+    del granted
+    simulator = Simulator(POLICY, start=start, end=start, start_balances={"ann": 5, "bob": {}})
+    simulator.feed(Synthetic(users=3, days=1, start=start))
+    assert_type(simulator.report(), SimulationReport)
+    simulate(POLICY, [("ann", start)], start=start, end=start)  # type: ignore[list-item]  # events are Demand or Login
+    Demand("ann", start, "12")  # type: ignore[arg-type]  # credits are numbers
