@@ -101,7 +101,8 @@ def test_a_consistent_run_passes_and_is_counted(tmp_path: Path) -> None:
     """A consistent database and log: no violation; retries, kills and evidence counted."""
     report = World(tmp_path).check()
     assert report.violations == []
-    assert (report.calls, report.retries, report.torn_lines) == (4, 2, 1)
+    assert (report.calls, report.retries, report.errors, report.torn_lines) == (4, 2, 3, 1)
+    assert (report.grants, report.grants_applied, report.grants_unknown) == (1, 1, 0)
     assert report.in_flight_at_kills == [1]
     assert (report.spends_charged, report.unknown_spends, report.resolved_by_recent) == (1, 2, 1)
     assert (report.balance_equations, report.row_equations, report.refills) == (1, 2, 1)

@@ -73,6 +73,7 @@ class Report:
     calls: int = 0
     attempts: int = 0
     retries: int = 0
+    errors: int = 0  # attempts that ended in a library error (StorageError and the like)
     duplicate_sends: int = 0  # spend ids sent by two calls
     rows: int = 0
     row_equations: int = 0
@@ -83,9 +84,11 @@ class Report:
     spends_refused: int = 0
     unknown_spends: int = 0
     resolved_by_recent: int = 0
-    resolved_by_equation: int = 0
+    resolved_by_equation: int = 0  # users whose equation needed unknown spends charged
+    grants: int = 0
     grants_applied: int = 0
-    grants_unknown: int = 0
+    grants_unknown: int = 0  # never told "ok": settled by their ledger rows
+    grants_unknown_applied: int = 0
     in_flight_at_kills: list[int] = field(default_factory=list)
     torn_lines: int = 0
     violations: list[str] = field(default_factory=list)
@@ -96,14 +99,17 @@ class Report:
         gap_text = f"{gap.days}d {gap.seconds // 60}min" if gap is not None else "n/a"
         return (
             f"{self.users} users, {self.calls} calls ({self.retries} retries, "
-            f"{self.duplicate_sends} ids sent twice at once), {self.rows} ledger rows, "
+            f"{self.errors} errors, {self.duplicate_sends} spend ids sent twice at once), "
+            f"{self.rows} ledger rows, "
             f"{self.refills} refills (smallest gap {gap_text}), "
             f"{self.balance_equations} balance + {self.row_equations} row equations checked; "
             f"calls in flight at kills: {sum(flight)} "
             f"({min(flight, default=0)}-{max(flight, default=0)} per kill); "
-            f"unknown outcomes {self.unknown_spends} spends "
-            f"({self.resolved_by_recent} by recentRequests, the rest by {self.resolved_by_equation} "
-            f"users' equations), {self.grants_unknown} grants; "
+            f"outcomes unknown to the caller: {self.unknown_spends} spends "
+            f"({self.resolved_by_recent} proven charged by recentRequests, the rest settled by "
+            f"the equations, {self.resolved_by_equation} users' needing some charged), "
+            f"{self.grants_unknown} of {self.grants} grants "
+            f"({self.grants_unknown_applied} applied, by their ledger rows); "
             f"{len(self.violations)} violations"
         )
 
@@ -156,6 +162,7 @@ def check(
     report.calls = len(calls)
     report.attempts = sum(len(c.outcomes) for c in calls.values())
     report.retries = report.attempts - report.calls
+    report.errors = sum(o == "error" for c in calls.values() for o in c.outcomes)
     docs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for doc in balances:
         docs[str(doc["user"])].append(doc)
@@ -240,6 +247,7 @@ def _check_grants(calls: Mapping[str, Call], rows: list[dict[str, Any]], report:
         if call.op != "grant":
             continue
         applied = applied_rows.get(call.call, 0)
+        report.grants += 1
         report.grants_applied += min(applied, 1)
         if applied > 1:
             report.violations.append(
@@ -250,6 +258,7 @@ def _check_grants(calls: Mapping[str, Call], rows: list[dict[str, Any]], report:
             report.violations.append(f"grant {call.call} to {call.user} reported but not applied")
         if "ok" not in call.outcomes:
             report.grants_unknown += 1
+            report.grants_unknown_applied += min(applied, 1)
 
 
 def _resolve_spends(
