@@ -159,6 +159,17 @@ async def test_delay_is_added_in_each_direction(echo: EchoServer) -> None:
         writer.close()
     assert answered == [1]
     assert took >= 0.1
+    assert proxy.stats.mean_hold >= 0.05
+
+
+async def test_a_sub_millisecond_delay_is_honoured(echo: EchoServer) -> None:
+    """A 0.3 ms delay (below the event loop's timer resolution) is still added each way."""
+    async with Proxy("127.0.0.1", echo.port, delay=0.0003) as proxy:
+        answered, _, writer = await roundtrip(proxy, *(op_msg(n, {"ping": 1}) for n in range(20)))
+        writer.close()
+    assert len(answered) == 20
+    assert proxy.stats.forwarded == 40
+    assert proxy.stats.mean_hold >= 0.0003
 
 
 async def test_connections_beyond_the_limit_are_refused(echo: EchoServer) -> None:
@@ -210,10 +221,10 @@ class StalledWriter:
 async def test_queued_bytes_stay_within_the_bound() -> None:
     """A direction holds at most `max_buffered` bytes: the reader waits until it drains."""
     peer = StalledWriter()
-    pipe = _Pipe(cast(asyncio.StreamWriter, peer), limit=100)
+    pipe = _Pipe(cast(asyncio.StreamWriter, peer), Proxy("127.0.0.1", 1, max_buffered=100))
     runner = asyncio.create_task(pipe.run())
-    await pipe.put(0.0, b"a" * 60)
-    second = asyncio.create_task(pipe.put(0.0, b"b" * 60))
+    await pipe.put(b"a" * 60)
+    second = asyncio.create_task(pipe.put(b"b" * 60))
     await asyncio.sleep(0)
     assert not second.done()
     assert pipe.buffered == 60

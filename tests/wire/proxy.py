@@ -4,7 +4,9 @@ It sits between a MongoDB driver and a wire server and frames the MongoDB wire p
 (every message starts with its int32 length), so it can act on whole requests:
 
 - `delay`: seconds added to each message in each direction (a round trip gains twice
-  that); messages keep their order and are not throttled (a queue per direction);
+  that; sub-millisecond delays are honoured, see `_sleep_until`); messages keep their
+  order and are not throttled (a queue per direction); `stats.mean_hold` is the latency
+  really added per message;
 - `cut_rate`: the chance that an eligible request (`commands`; by default anything but
   the handshake) is cut. A cut is, with chance `after_apply`, made *after* the server
   applied the request: the request is forwarded, its reply is dropped and both sides
@@ -28,8 +30,10 @@ import asyncio
 import contextlib
 import random
 import struct
+import time
 from collections import Counter
 from collections.abc import Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -38,6 +42,8 @@ HEADER = struct.Struct("<iiii")  # messageLength, requestID, responseTo, opCode
 OP_MSG, OP_QUERY, OP_COMPRESSED = 2013, 2004, 2012
 HANDSHAKE = frozenset({"hello", "ismaster", "isMaster"})
 DEFAULT_MAX_MESSAGE = 48 * 1024 * 1024  # MongoDB's own limit
+COARSE = 0.002  # seconds: below this a delay's wait is slept in a thread (`_sleep_until`)
+SLEEPERS = 32  # threads for those waits (one per direction of a busy connection)
 
 
 def command_name(message: bytes) -> str:
@@ -79,6 +85,14 @@ class ProxyStats:
     cuts_after_apply: int = 0
     oversized: int = 0
     cut_commands: Counter[str] = field(default_factory=Counter)
+    forwarded: int = 0  # messages written on, either way
+    held_seconds: float = 0.0  # their total time inside the proxy (delay and queueing)
+
+    @property
+    def mean_hold(self) -> float:
+        """Seconds a forwarded message spent in the proxy, on average: the latency it
+        really added per direction (at least `delay`)."""
+        return self.held_seconds / self.forwarded if self.forwarded else 0.0
 
     @property
     def cuts(self) -> int:
@@ -86,31 +100,33 @@ class ProxyStats:
 
 
 class _Pipe:
-    """One direction of one connection: messages queued with their delivery time."""
+    """One direction of one connection: messages queued with the time they arrived."""
 
-    def __init__(self, writer: asyncio.StreamWriter, limit: int) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, proxy: Proxy) -> None:
         self.writer = writer
-        self.limit = limit
+        self.proxy = proxy
         self.queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
         self.buffered = 0
         self.room = asyncio.Event()
         self.room.set()
 
-    async def put(self, due: float, message: bytes) -> None:
-        while self.buffered and self.buffered + len(message) > self.limit:
+    async def put(self, message: bytes) -> None:
+        arrived = asyncio.get_running_loop().time()
+        while self.buffered and self.buffered + len(message) > self.proxy.max_buffered:
             self.room.clear()
             await self.room.wait()
         self.buffered += len(message)
-        self.queue.put_nowait((due, message))
+        self.queue.put_nowait((arrived, message))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        stats = self.proxy.stats
         while (item := await self.queue.get()) is not None:
-            due, message = item
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            arrived, message = item
+            await self.proxy._sleep_until(arrived + self.proxy.delay)
             self.writer.write(message)
+            stats.forwarded += 1
+            stats.held_seconds += loop.time() - arrived
             await self.writer.drain()
             self.buffered -= len(message)
             self.room.set()
@@ -128,8 +144,8 @@ class _Connection:
         self.proxy = proxy
         self.client_reader, self.client_writer = client
         self.server_reader, self.server_writer = server
-        self.up = _Pipe(self.server_writer, proxy.max_buffered)
-        self.down = _Pipe(self.client_writer, proxy.max_buffered)
+        self.up = _Pipe(self.server_writer, proxy)
+        self.down = _Pipe(self.client_writer, proxy)
         self.drop_reply_to: int | None = None  # the request whose reply is to be dropped
         self.closed = asyncio.Event()
 
@@ -148,7 +164,6 @@ class _Connection:
             return None
 
     async def _upstream(self) -> None:
-        loop = asyncio.get_running_loop()
         while (message := await self._read(self.client_reader)) is not None:
             if self.drop_reply_to is not None:
                 continue  # cut: nothing more goes through
@@ -158,10 +173,9 @@ class _Connection:
                 return  # dropped unsent; the connection closes
             if cut == "after":
                 self.drop_reply_to = HEADER.unpack_from(message)[1]
-            await self.up.put(loop.time() + self.proxy.delay, message)
+            await self.up.put(message)
 
     async def _downstream(self) -> None:
-        loop = asyncio.get_running_loop()
         while (message := await self._read(self.server_reader)) is not None:
             if self.drop_reply_to is not None and HEADER.unpack_from(message)[2] == (
                 self.drop_reply_to
@@ -170,7 +184,7 @@ class _Connection:
                 self.close()  # the server applied it; its reply never arrives
                 return
             self.proxy.stats.replies += 1
-            await self.down.put(loop.time() + self.proxy.delay, message)
+            await self.down.put(message)
         self.down.queue.put_nowait(None)  # deliver what the server sent, then close
 
     def close(self) -> None:
@@ -243,6 +257,7 @@ class Proxy:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._sleeper: ThreadPoolExecutor | None = None
 
     @property
     def uri(self) -> str:
@@ -267,6 +282,20 @@ class Proxy:
         for connection in self._connections:
             connection.close()
         return len(self._connections)
+
+    async def _sleep_until(self, due: float) -> None:
+        """Wait until loop time `due`. The event loop's timers are only good to about a
+        millisecond (epoll's resolution), too coarse for a 0.25 ms delay: the last
+        stretch is slept in a thread, whose `time.sleep` is good to tens of microseconds."""
+        loop = asyncio.get_running_loop()
+        wait = due - loop.time()
+        if wait > COARSE:
+            await asyncio.sleep(wait - COARSE)
+            wait = due - loop.time()
+        if wait > 0:
+            if self._sleeper is None:
+                self._sleeper = ThreadPoolExecutor(SLEEPERS, thread_name_prefix="proxy-delay")
+            await loop.run_in_executor(self._sleeper, time.sleep, wait)
 
     def _cut_decision(self, command: str) -> str | None:
         if not self.eligible(command):
@@ -322,6 +351,9 @@ class Proxy:
                 await task
         if server is not None:
             await server.wait_closed()
+        if self._sleeper is not None:
+            self._sleeper.shutdown(wait=True)
+            self._sleeper = None
 
     async def __aenter__(self) -> Proxy:
         return await self.start()
