@@ -190,3 +190,35 @@ def test_a_user_with_two_documents_is_a_violation(tmp_path: Path) -> None:
     report = check(world.start, [world.doc, dict(world.doc)], world.rows, [], interval=DAY)
     assert any("2 balance documents" in v for v in report.violations)
     assert report.balance_equations == 0
+
+
+def test_many_unknown_spends_are_still_resolved_exactly(tmp_path: Path) -> None:
+    """Forty spends of unknown outcome: the subset search still settles the equation,
+    and a balance no subset explains is still a violation."""
+    amounts = [5 + n / 64 for n in range(40)]
+    events = [e for n, a in enumerate(amounts) for e in spend(f"w1-{n}", f"x{n}", a, None)]
+    log = write_log(tmp_path / "w1.log", events)
+    doc = {"user": ObjectId(USER), "tokenCredits": 1000 - amounts[3] - amounts[17] - amounts[39]}
+    report = check({USER: Fraction(1000)}, [doc], [], [LogFile(log, True)], interval=DAY)
+    assert report.violations == []
+    assert report.resolved_by_equation == 1
+    doc["tokenCredits"] = 1000 - 1 / 128  # finer than any spend: no subset gives it
+    report = check({USER: Fraction(1000)}, [doc], [], [LogFile(log, True)], interval=DAY)
+    assert len(report.violations) == 1
+
+
+def test_a_grant_retried_by_another_process_is_one_grant(tmp_path: Path) -> None:
+    """A killed worker's grant retried elsewhere with its key (`origin`) is one grant:
+    applied once is fine, and its retry's success settles it."""
+    world = World(tmp_path)
+    world.events = [
+        *grant("w1-2", 10.5, None),
+        {"e": "start", "call": "w2-1", "attempt": 1, "op": "grant", "user": USER}
+        | {"amount": 10.5, "origin": "w1-2"},
+        {"e": "end", "call": "w2-1", "attempt": 1, "outcome": "ok"},
+        *spend("w1-1", "a", 20.25, "ok"),
+        *spend("w1-3", "b", 5.5, "ok"),
+    ]
+    report = world.check()
+    assert report.violations == []
+    assert (report.grants, report.grants_applied, report.grants_unknown) == (1, 1, 0)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from typing import Any
 PENDING = "pendingLedger"
 RECENT = "recentRequests"
 GRANT_REASON = "call "  # a worker's grant names its call in `reason`
-MAX_UNRESOLVED = 24  # spends of unknown outcome per user the subset search accepts
+MAX_UNITS = 10**8  # the subset search's bound: the unknown spends' total in smallest units
 
 
 def credits(value: object) -> Fraction:
@@ -58,6 +59,8 @@ class Call:
     user: str | None
     amount: Fraction | None = None
     rid: str | None = None
+    origin: str = ""  # a grant: the call whose key and reason it carries (itself, or the
+    # killed worker's call it retries)
     outcomes: list[str | None] = field(default_factory=list)  # per attempt; None: no end
 
 
@@ -135,6 +138,7 @@ def read_logs(logs: Iterable[LogFile], report: Report) -> dict[str, Call]:
                         event.get("user"),
                         None if event.get("amount") is None else credits(event["amount"]),
                         event.get("rid"),
+                        event.get("origin") or event["call"],
                     ),
                 )
                 call.outcomes.append(None)
@@ -236,27 +240,30 @@ def _check_rows(
 
 
 def _check_grants(calls: Mapping[str, Call], rows: list[dict[str, Any]], report: Report) -> None:
-    """Each grant applied at most once (its `admin` rows name its call), and applied if
-    the caller was told so."""
+    """Each grant applied at most once (its `admin` rows name its call, which its retries
+    from other processes name too), and applied if a caller was told so."""
     applied_rows: Counter[str] = Counter(
         str(row["reason"])[len(GRANT_REASON) :]
         for row in rows
         if row["context"] == "admin" and str(row.get("reason", "")).startswith(GRANT_REASON)
     )
+    grants: dict[str, list[Call]] = defaultdict(list)
     for call in calls.values():
-        if call.op != "grant":
-            continue
-        applied = applied_rows.get(call.call, 0)
+        if call.op == "grant":
+            grants[call.origin].append(call)
+    for origin, group in grants.items():
+        applied = applied_rows.get(origin, 0)
+        outcomes = [o for c in group for o in c.outcomes]
+        user = group[0].user
         report.grants += 1
         report.grants_applied += min(applied, 1)
         if applied > 1:
             report.violations.append(
-                f"grant {call.call} to {call.user} applied {applied} times "
-                f"(attempts: {call.outcomes})"
+                f"grant {origin} to {user} applied {applied} times (attempts: {outcomes})"
             )
-        if "ok" in call.outcomes and applied == 0:
-            report.violations.append(f"grant {call.call} to {call.user} reported but not applied")
-        if "ok" not in call.outcomes:
+        if "ok" in outcomes and applied == 0:
+            report.violations.append(f"grant {origin} to {user} reported but not applied")
+        if "ok" not in outcomes:
             report.grants_unknown += 1
             report.grants_unknown_applied += min(applied, 1)
 
@@ -304,10 +311,11 @@ def _check_equation(
     missing = initial + added - charged - final  # what unknown-outcome spends must explain
     if missing == 0 and not candidates:
         return
-    if len(candidates) > MAX_UNRESOLVED:
+    reachable = _is_subset_sum(missing, candidates)
+    if reachable is None:
         report.violations.append(f"{user}: {len(candidates)} spends of unknown outcome")
         return
-    if missing not in _subset_sums(candidates):
+    if not reachable:
         report.violations.append(
             f"{user}: start {initial} + rows {added} - charged {charged} = "
             f"{initial + added - charged}, final {final}; the difference {missing} is no "
@@ -317,8 +325,17 @@ def _check_equation(
         report.resolved_by_equation += 1
 
 
-def _subset_sums(amounts: list[Fraction]) -> set[Fraction]:
-    sums = {Fraction(0)}
-    for amount in amounts:
-        sums |= {s + amount for s in sums}
-    return sums
+def _is_subset_sum(target: Fraction, amounts: list[Fraction]) -> bool | None:
+    """Whether some subset of `amounts` adds up to `target` exactly (None: too large to
+    search). Counted in the amounts' smallest common unit, as bits of one integer."""
+    unit = math.lcm(target.denominator, *(a.denominator for a in amounts))
+    goal = target * unit
+    units = [int(a * unit) for a in amounts]
+    if any(u < 0 for u in units) or sum(units) > MAX_UNITS:
+        return None
+    if goal < 0 or goal > sum(units):
+        return False
+    reachable = 1  # bit n set: some subset adds up to n units
+    for u in units:
+        reachable |= reachable << u
+    return bool(reachable >> int(goal) & 1)

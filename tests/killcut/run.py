@@ -33,7 +33,7 @@ from bson import ObjectId
 from tests.wire.proxy import Proxy, ProxyStats
 
 from .checker import LogFile, Report, check
-from .worker import INTERVAL, POLICY, WorkerConfig, fraction
+from .worker import INTERVAL, POLICY, WorkerConfig, fraction, unfinished
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PROFILE_ENV = "BALANCE_REFILL_KILLCUT"
@@ -60,7 +60,7 @@ class Profile:
 
 PROFILES = {
     "ci": Profile("ci", 45, 3, (4.0, 9.0), 4.0, 0.4, 0.03, 0.75),
-    "long": Profile("long", 300, 4, (2.0, 6.0), 2.0, 0.4, 0.03, 0.75),
+    "long": Profile("long", 300, 3, (4.0, 10.0), 2.5, 0.4, 0.03, 0.75),
 }
 
 
@@ -103,7 +103,13 @@ class Processes:
         self.count = 0
 
     async def spawn(
-        self, role: str, *, uri: str, seed: int, concurrency: int
+        self,
+        role: str,
+        *,
+        uri: str,
+        seed: int,
+        concurrency: int,
+        retries: list[dict[str, Any]] | None = None,
     ) -> tuple[asyncio.subprocess.Process, Path]:
         self.count += 1
         name = f"{role[0]}{self.count}"
@@ -117,6 +123,7 @@ class Processes:
                 "log": str(log),
                 "seed": seed,
                 "concurrency": concurrency,
+                "retries": retries or [],
             }
         )
         with (self.workdir / f"{name}.stderr").open("wb") as stderr:
@@ -222,6 +229,83 @@ class _Load:
     spawned: int = 0
 
 
+@dataclass
+class _Running:
+    proc: asyncio.subprocess.Process
+    log: Path
+    kill_at: float | None  # wall time
+    role: str
+
+
+class _Conductor:
+    """Starts, kills and replaces the processes of one run."""
+
+    def __init__(self, profile: Profile, procs: Processes, uri: str, rng: random.Random) -> None:
+        self.profile = profile
+        self.procs = procs
+        self.uri = uri
+        self.rng = rng
+        self.load = _Load(logs=[])
+        self.running: list[_Running] = []
+        self.orphans: list[dict[str, Any]] = []  # calls killed workers left, to retry
+
+    async def start(self, role: str, kill_at: float | None) -> None:
+        retries: list[dict[str, Any]] = []
+        if role == "work":
+            retries, self.orphans = self.orphans, []
+            self.load.spawned += 1
+        else:
+            self.load.flushes += 1
+        proc, log = await self.procs.spawn(
+            role,
+            uri=self.uri,
+            seed=self.rng.getrandbits(32),
+            concurrency=self.rng.randint(*self.profile.concurrency) if role == "work" else 1,
+            retries=retries,
+        )
+        self.running.append(_Running(proc, log, kill_at, role))
+
+    async def reap(self, now: float) -> int:
+        """Kill the processes whose moment came, forget the ended; how many workers run."""
+        alive = 0
+        for entry in list(self.running):
+            if entry.kill_at is not None and now >= entry.kill_at and kill(entry.proc):
+                await entry.proc.wait()
+                self.running.remove(entry)
+                self.load.logs.append(LogFile(entry.log, killed=True))
+                if entry.role == "work":
+                    self.load.kills += 1
+                    self.orphans.extend(unfinished(str(entry.log)))
+                else:
+                    self.load.flush_kills += 1
+            elif entry.proc.returncode is not None:
+                self.running.remove(entry)
+                self.load.logs.append(LogFile(entry.log, killed=False))
+            elif entry.role == "work":
+                alive += 1
+        return alive
+
+    async def conduct(self, stop_at: float) -> None:
+        profile, rng = self.profile, self.rng
+        next_flush = time.time() + profile.flush_every
+        while (now := time.time()) < stop_at:
+            for _ in range(profile.workers - await self.reap(now)):
+                kill_at = now + rng.uniform(*profile.life)
+                await self.start("work", kill_at if kill_at < stop_at else None)
+            if now >= next_flush:
+                killed = rng.random() < profile.flush_kill_share
+                await self.start("flush", now + rng.uniform(0.3, 1.5) if killed else None)
+                next_flush = now + profile.flush_every
+            await asyncio.sleep(0.05)  # the harness's pace: kills happen at wall-clock moments
+        for entry in self.running:  # the workers stop by themselves at stop_at
+            try:
+                await asyncio.wait_for(entry.proc.wait(), timeout=60)
+            except TimeoutError:
+                kill(entry.proc)
+                await entry.proc.wait()
+            self.load.logs.append(LogFile(entry.log, killed=entry.proc.returncode == -9))
+
+
 async def _load(
     profile: Profile,
     proxy: Proxy,
@@ -247,57 +331,10 @@ async def _load(
         seed=0,
     )
     procs = Processes(workdir, template)
-    load = _Load(logs=[])
-    running: list[tuple[asyncio.subprocess.Process, Path, float | None, str]] = []
-
-    async def start(role: str, kill_at: float | None) -> None:
-        concurrency = rng.randint(*profile.concurrency) if role == "work" else 1
-        proc, log = await procs.spawn(
-            role, uri=proxy.uri, seed=rng.getrandbits(32), concurrency=concurrency
-        )
-        running.append((proc, log, kill_at, role))
-        if role == "work":
-            load.spawned += 1
-        else:
-            load.flushes += 1
-
-    next_flush = time.time() + profile.flush_every
-    while time.time() < stop_at:
-        now = time.time()
-        alive = 0
-        for entry in list(running):
-            proc, log, kill_at, role = entry
-            if kill_at is not None and now >= kill_at and kill(proc):
-                await proc.wait()
-                running.remove(entry)
-                load.logs.append(LogFile(log, killed=True))
-                if role == "work":
-                    load.kills += 1
-                else:
-                    load.flush_kills += 1
-            elif proc.returncode is not None:
-                running.remove(entry)
-                load.logs.append(LogFile(log, killed=False))
-            elif role == "work":
-                alive += 1
-        for _ in range(profile.workers - alive):
-            life = rng.uniform(*profile.life)
-            await start("work", now + life if now + life < stop_at else None)
-        if now >= next_flush:
-            killed = rng.random() < profile.flush_kill_share
-            await start("flush", now + rng.uniform(0.3, 1.5) if killed else None)
-            next_flush = now + profile.flush_every
-        await asyncio.sleep(0.05)  # the harness's pace: kills happen at wall-clock moments
-    for proc, log, _, _ in running:  # workers stop by themselves at stop_at
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=60)
-            load.logs.append(LogFile(log, killed=False))
-        except TimeoutError:
-            kill(proc)
-            await proc.wait()
-            load.logs.append(LogFile(log, killed=True))
+    conductor = _Conductor(profile, procs, proxy.uri, rng)
+    await conductor.conduct(stop_at)
     final, log = await procs.spawn("flush", uri=server_uri, seed=0, concurrency=1)
     if await final.wait() != 0:
         raise RuntimeError(f"the final flush_pending() failed: see {log}")
-    load.logs.append(LogFile(log, killed=False))
-    return load
+    conductor.load.logs.append(LogFile(log, killed=False))
+    return conductor.load

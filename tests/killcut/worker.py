@@ -22,8 +22,9 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from balance_refill import (
@@ -60,6 +61,9 @@ class WorkerConfig:
     stop_at: float  # wall time
     seed: int
     concurrency: int = 8
+    # Calls a killed worker left unfinished, retried first with the same request id, as a
+    # host retries a message after a crash: start events, as `unfinished()` returns them.
+    retries: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -67,6 +71,28 @@ class WorkerConfig:
     @classmethod
     def from_json(cls, text: str) -> WorkerConfig:
         return cls(**json.loads(text))
+
+
+def unfinished(path: str) -> list[dict[str, Any]]:
+    """The retryable calls a killed worker's log shows in flight: spends, and grants made
+    with a request id (the start event of each call's last attempt)."""
+    last: dict[str, dict[str, Any]] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line torn by the kill
+        if event.get("e") == "start":
+            last[event["call"]] = event
+        elif event.get("e") == "end":
+            last.pop(event["call"], None)
+    return [
+        e for e in last.values() if e["op"] == "spend" or (e["op"] == "grant" and e.get("keyed"))
+    ]
 
 
 class SimClock:
@@ -146,21 +172,26 @@ class Worker:
                 return
             await asyncio.sleep(RETRY_PAUSE)
 
-    async def grant(self, user: str, amount: float) -> None:
+    async def grant(self, user: str, amount: float, origin: str | None = None) -> None:
+        """A grant, retried with its key after an error when the library takes one (an
+        unkeyed retry could apply it twice); `origin`: the call of a killed worker that
+        this one retries (its key and its reason, which the checker finds rows by)."""
         call = self.call_id()
-        attempts = GRANT_ATTEMPTS if self.keyed_grants else 1  # unkeyed: a retry may double
-        keyed: dict[str, Any] = {"request_id": f"grant-{call}"} if self.keyed_grants else {}
+        origin = origin or call
+        attempts = GRANT_ATTEMPTS if self.keyed_grants else 1
+        keyed: dict[str, Any] = {"request_id": f"grant-{origin}"} if self.keyed_grants else {}
         for attempt in range(1, attempts + 1):
             outcome = await self.attempt(
                 call,
                 attempt,
                 "grant",
                 lambda: self.refiller.grant(
-                    user, amount, actor=ACTOR, reason=f"call {call}", **keyed
+                    user, amount, actor=ACTOR, reason=f"call {origin}", **keyed
                 ),
                 user=user,
                 amount=amount,
                 keyed=bool(keyed),
+                origin=origin,
             )
             if outcome != "error":
                 return
@@ -195,7 +226,14 @@ class Worker:
         while time.time() < self.config.stop_at:
             await self.one_call()
 
+    async def retry(self, event: dict[str, Any]) -> None:
+        if event["op"] == "spend":
+            await self.spend(event["user"], event["amount"], event["rid"])
+        else:
+            await self.grant(event["user"], event["amount"], origin=event["origin"])
+
     async def run(self) -> None:
+        await asyncio.gather(*(self.retry(event) for event in self.config.retries))
         await asyncio.gather(*(self.lane() for _ in range(self.config.concurrency)))
 
 
