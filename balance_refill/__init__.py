@@ -12,6 +12,7 @@ from .errors import (
     ConfigurationError,
     ContentionError,
     DuplicateBalances,
+    IdempotencyConflict,
     InsufficientCredits,
     InvalidAmount,
     InvalidArgument,
@@ -24,7 +25,7 @@ from .errors import (
 )
 from .policy import AdaptiveAmount, RefillPolicy, TieredPolicy, TierRule
 from .policy_file import load_policy_file
-from .refiller import BalanceRefiller
+from .refiller import BalanceRefiller, IndexReport
 from .state import BalanceState
 from .sweep import SweepReport
 
@@ -41,6 +42,8 @@ __all__ = [
     "ConfigurationError",
     "ContentionError",
     "DuplicateBalances",
+    "IdempotencyConflict",
+    "IndexReport",
     "InsufficientCredits",
     "InvalidAmount",
     "InvalidArgument",

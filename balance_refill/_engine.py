@@ -11,8 +11,10 @@ both apply a decision. The ledger row rides in the same atomic update as a pendi
 marker (`pendingLedger`) with a pre-chosen `_id`, is then inserted and the marker
 cleared (`settle`); if anything fails in between, the next read of that user, or
 `flush_pending`, settles it, and a duplicate row is impossible because the `_id` is
-fixed. Each write also stores its op id, so a caller whose reply was lost recognises
-its own write on the next read instead of applying it twice.
+fixed. Each write also remembers its op id among the document's last `OPS_WINDOW`
+(`recentOps`), so a caller whose reply was lost recognises its own write on the next
+read, even when other writers changed the document in between, instead of applying it
+twice; it then reports the state its own write produced.
 """
 
 from __future__ import annotations
@@ -25,10 +27,17 @@ from datetime import UTC, datetime
 from bson import ObjectId
 
 from . import _schema as S
-from ._ledger import AUTO_REFILL, row
-from ._store import AsyncCollection, DuplicateKey, Store
-from ._validate import Credits, UserId, UserIdMode, check_user_id_mode, stored_user_id
-from .decide import RefillPlan, assigned_tier, next_refill
+from ._ledger import AUTO_REFILL, TIER_CHANGE, row
+from ._store import RETRY_BUDGET, AsyncCollection, DuplicateKey, Store
+from ._validate import (
+    Credits,
+    UserId,
+    UserIdMode,
+    check_limit,
+    check_user_id_mode,
+    stored_user_id,
+)
+from .decide import RefillPlan, UserState, assigned_tier, auto_refill_on, next_refill, state_after
 from .errors import ConfigurationError, ContentionError, InsufficientCredits, UserNotFound
 from .periods import as_utc
 from .policy import AnyPolicy, TieredPolicy, as_tiered
@@ -55,6 +64,11 @@ class Change:
     granted: Credits = 0
     refilled: bool = False
     charged: bool = False
+    after: UserState | None = None
+    """The user's state this write leaves (reported when its reply was lost)."""
+    admin: S.Update | None = None
+    """A keyed admin operation's entry, remembered in `recentAdmin` by the same write."""
+    tier_changed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +96,17 @@ class Engine:
         leases: AsyncCollection | None,
         clock: Clock | None,
         max_attempts: int,
-        retry_attempts: int,
+        retry_attempts: int | None,
         retry_delay: float,
         user_ids: UserIdMode,
+        request_window: int = S.RECENT_WINDOW,
+        retry_budget: float = RETRY_BUDGET,
     ) -> None:
         self.tiers: TieredPolicy = as_tiered(policy)
-        self.store = Store(balances, attempts=retry_attempts, retry_delay=retry_delay)
+        self.request_window = check_limit(request_window, what="request_window", low=1, high=10_000)
+        self.store = Store(
+            balances, attempts=retry_attempts, retry_delay=retry_delay, retry_budget=retry_budget
+        )
         self.ledger = ledger
         self._leases = leases
         self._clock: Clock = clock or utc_now
@@ -150,7 +169,7 @@ class Engine:
             last_refill=s.last_refill,
             next_refill_at=next_refill(self.tiers, s, now),
             tier=assigned_tier(self.tiers, s),
-            auto_refill=not s.paused,
+            auto_refill=auto_refill_on(self.tiers, s),
             pinned=s.pinned,
             spent_since_refill=s.spent + charged if charged else s.spent,
             last_seen=record.last_seen,
@@ -176,6 +195,50 @@ class Engine:
             tier=plan.tier,
             previousTier=plan.previous_tier,
             **extra,
+        )
+
+    def plan_change(
+        self,
+        record: S.Record,
+        now: datetime,
+        plan: RefillPlan,
+        *,
+        charge: Credits = 0,
+        request_key: int | None = None,
+        context: str = AUTO_REFILL,
+        **extra: object,
+    ) -> Change:
+        """The write of a planned refill (charging `charge`, remembering `request_key`),
+        or of a tier-only change: the tier alone, with a `tierChange` row."""
+        update = S.refill_update(
+            plan,
+            now,
+            charge=charge,
+            mirrored=self.mirrored(plan.tier),
+            request_key=request_key if charge else None,
+            window=self.request_window,
+        )
+        after = state_after(record.state, plan, now, charge=charge)
+        if plan.tier_only:
+            tier_row = row(
+                record.user,
+                now,
+                context=TIER_CHANGE,
+                before=plan.before,
+                after=plan.after,
+                tier=plan.tier,
+                previousTier=plan.previous_tier,
+                **extra,
+            )
+            return Change(update, tier_row, after=after, tier_changed=True)
+        return Change(
+            update,
+            self.refill_row(record, now, plan, context=context, **extra),
+            granted=plan.granted,
+            refilled=True,
+            charged=bool(charge),
+            after=after,
+            tier_changed=plan.previous_tier is not None,
         )
 
     def refused(self, record: S.Record, amount: Credits, now: datetime) -> InsufficientCredits:
@@ -234,11 +297,12 @@ class Engine:
         self, what: str, read: Callable[[], Awaitable[S.Record]], decide: Decide
     ) -> Committed:
         """read -> decide -> compare-and-swap, retried on lost races; see the module doc."""
-        mine: tuple[ObjectId, Change] | None = None
+        mine: list[tuple[ObjectId, Change]] = []
         for _ in range(self.max_attempts):
             record = await read()
-            if mine is not None and record.op_id == mine[0]:
-                return Committed(record, mine[1])  # ours landed; its reply was lost
+            for op_id, landed in mine:
+                if op_id in record.recent_ops:  # ours landed; its reply was lost
+                    return Committed(self.as_left(record, landed), landed)
             change = decide(record)
             if change is None:
                 return Committed(record, None)
@@ -246,13 +310,24 @@ class Engine:
             after = await self._swap(what, record, change, op_id)
             if after is not None:
                 return Committed(after, change)
-            mine = (op_id, change)
+            mine.append((op_id, change))
         raise ContentionError(f"{what} lost {self.max_attempts} races in a row")
+
+    @staticmethod
+    def as_left(record: S.Record, change: Change) -> S.Record:
+        """`record` (read after `change` landed, perhaps after other writers too) showing
+        the state `change` itself left."""
+        return record if change.after is None else record._replace(state=change.after)
 
     def _marked(self, record: S.Record, change: Change, op_id: ObjectId) -> S.Update:
         if record.librechat_auto:
             switched_off(record.user)
-        return S.with_marker(change.update, op_id, change.row if self.ledger is not None else None)
+        return S.with_marker(
+            change.update,
+            op_id,
+            change.row if self.ledger is not None else None,
+            admin=change.admin,
+        )
 
     async def _swap(
         self, what: str, record: S.Record, change: Change, op_id: ObjectId
@@ -281,12 +356,12 @@ class Engine:
                 self.store.balances,
                 {
                     "_id": {"$in": [rec.id for rec, *_ in planned]},
-                    S.OP_ID: {"$in": [p[2] for p in planned]},
+                    S.RECENT_OPS: {"$in": [p[2] for p in planned]},
                 },
-                projection={"_id": 1},
+                projection={"_id": 1, S.RECENT_OPS: 1},
             )
-            ids = {d["_id"] for d in landed}
-            applied = [p for p in planned if p[0].id in ids]
+            landed_ops = {op for d in landed for op in d.get(S.RECENT_OPS) or ()}
+            applied = [p for p in planned if p[2] in landed_ops]
         await self.settle(
             [(rec.id, rec.user, {"_id": op, **ch.row}) for rec, ch, op in applied if ch.row]
         )

@@ -21,6 +21,7 @@ SET_BALANCE = "setBalance"
 SET_TIER = "setTier"
 SET_AUTO_REFILL = "setAutoRefill"
 REFILL_NOW = "refillNow"
+TIER_CHANGE = "tierChange"  # the activity rules moved the user without adding credits
 SOURCE = "balance_refill"
 
 

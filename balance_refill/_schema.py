@@ -40,10 +40,19 @@ PINNED = "tierPinned"  # activity rules never move a pinned user
 SPENT = "spentSinceRefill"
 LAST_SEEN = "lastSeen"
 HISTORY = "spendHistory"  # credits spent in each of the last few periods, oldest first
-RECENT = "recentRequests"  # 64-bit keys of the last few spends' request ids (idempotency)
+RECENT = "recentRequests"  # 64-bit keys of the last spends' request ids (idempotency)
+RECENT_AMOUNTS = "recentAmounts"  # the amount of each of them, aligned from the end
 OP_ID = "lastOpId"  # id of the last refill or admin change (also its ledger row's _id)
+RECENT_OPS = "recentOps"  # op ids of the last writes made through the commit loop
+RECENT_ADMIN = "recentAdmin"  # keyed admin operations: {k: key, f: fingerprint, a, g, b}
 
-RECENT_WINDOW = 32
+RECENT_WINDOW = 128
+"""Default number of spend request ids remembered per user (`request_window`)."""
+OPS_WINDOW = 16
+"""Op ids remembered per user: a caller whose reply was lost finds its own write among
+them, even when other writers changed the document since."""
+ADMIN_WINDOW = 32
+"""Keyed admin operations remembered per user."""
 OLDEST_FIRST = [("_id", 1)]
 HEX_STRING_USERS = {USER: {"$regex": "^[0-9a-fA-F]{24}$"}}
 """Documents naming their user by the hex string of an ObjectId."""
@@ -64,6 +73,29 @@ class Record(NamedTuple):
     recent: tuple[int, ...] = ()
     last_seen: datetime | None = None
     librechat_auto: bool = False  # LibreChat's `autoRefillEnabled` was found true
+    recent_amounts: tuple[object, ...] = ()
+    recent_ops: tuple[object, ...] = ()
+    recent_admin: tuple[Document, ...] = ()
+
+    def spent_amount(self, key: int) -> object:
+        """The amount remembered for spend request `key` (`UNKNOWN` if the document
+        predates amounts); call only for a key in `recent`."""
+        index = len(self.recent) - 1 - self.recent[::-1].index(key)
+        from_end = len(self.recent) - index
+        if from_end > len(self.recent_amounts):
+            return UNKNOWN
+        return self.recent_amounts[-from_end]
+
+    def admin_entry(self, key: int) -> Document | None:
+        """The remembered keyed admin operation with request key `key`, if any."""
+        for entry in reversed(self.recent_admin):
+            if entry.get("k") == key:
+                return entry
+        return None
+
+
+UNKNOWN = object()
+"""An amount a remembered request id does not carry (written by an older version)."""
 
 
 def _num(value: object) -> Credits:
@@ -90,6 +122,9 @@ def parse(doc: Document) -> Record:
     get = doc.get
     history = get(HISTORY)
     recent = get(RECENT)
+    amounts = get(RECENT_AMOUNTS)
+    ops = get(RECENT_OPS)
+    admin = get(RECENT_ADMIN)
     pending = get(PENDING)
     cas: Update = {
         "_id": get("_id"),
@@ -129,6 +164,11 @@ def parse(doc: Document) -> Record:
         recent=tuple(recent) if isinstance(recent, list) else (),
         last_seen=_date(get(LAST_SEEN)),
         librechat_auto=get(AUTO) is True,
+        recent_amounts=tuple(amounts) if isinstance(amounts, list) else (),
+        recent_ops=tuple(ops) if isinstance(ops, list) else (),
+        recent_admin=tuple(e for e in admin if isinstance(e, Mapping))
+        if isinstance(admin, list)
+        else (),
     )
 
 
@@ -187,8 +227,15 @@ def refill_update(
     charge: Credits,
     mirrored: Mapping[str, object],
     request_key: int | None = None,
+    window: int = RECENT_WINDOW,
 ) -> Update:
-    """A refill (charging `charge` in the same write, recording `request_key` as spent)."""
+    """A refill (charging `charge` in the same write, recording `request_key` as spent),
+    or, for a tier-only plan, the tier change alone."""
+    if plan.tier_only:
+        return {
+            "$set": {TIER: plan.tier, REFILL_TIER: plan.period_tier, **mirrored},
+            "$max": {LAST_SEEN: now},
+        }
     sets: Update = {
         CREDITS: plan.after - charge,
         LAST_REFILL: now,
@@ -201,23 +248,38 @@ def refill_update(
         sets[TIER] = plan.tier
     update: Update = {"$set": sets, "$max": {LAST_SEEN: now}}
     if request_key is not None:
-        update["$push"] = {RECENT: {"$each": [request_key], "$slice": -RECENT_WINDOW}}
+        update["$push"] = remember_request(request_key, charge, window)
     return update
+
+
+def remember_request(key: int, amount: object, window: int) -> Update:
+    """`$push` clauses remembering a spend's request key and amount (the last `window`)."""
+    return {
+        RECENT: {"$each": [key], "$slice": -window},
+        RECENT_AMOUNTS: {"$each": [amount], "$slice": -window},
+    }
 
 
 def set_fields(fields: Mapping[str, object]) -> Update:
     return {"$set": dict(fields)}
 
 
-def with_marker(update: Update, op_id: object, row: Update | None) -> Update:
-    """`update` with the op id, LibreChat's refill switched off and, if given, the ledger
-    row (with the op id as its `_id`) left as the pending marker, in the same atomic
-    update."""
+def with_marker(
+    update: Update, op_id: object, row: Update | None, *, admin: Update | None = None
+) -> Update:
+    """`update` with the op id (also remembered among the last `OPS_WINDOW`), LibreChat's
+    refill switched off, if given the ledger row (with the op id as its `_id`) left as
+    the pending marker, and a keyed admin operation's entry, in the same atomic update."""
     marked = dict(update)
     sets = {**marked.get("$set", {}), **OWNED, OP_ID: op_id}
     if row is not None:
         sets[PENDING] = {"_id": op_id, **row}
     marked["$set"] = sets
+    push = dict(marked.get("$push", {}))
+    push[RECENT_OPS] = {"$each": [op_id], "$slice": -OPS_WINDOW}
+    if admin is not None:
+        push[RECENT_ADMIN] = {"$each": [admin], "$slice": -ADMIN_WINDOW}
+    marked["$push"] = push
     return marked
 
 
@@ -232,7 +294,9 @@ PENDING_ROWS: Update = {f"{PENDING}._id": {"$exists": True}}  # served by the sp
 # -- the one-call spend -----------------------------------------------------------------
 
 
-def spend_pipeline(amount: Credits, key: int, now: datetime) -> list[Update]:
+def spend_pipeline(
+    amount: Credits, key: int, now: datetime, window: int = RECENT_WINDOW
+) -> list[Update]:
     """A one-stage pipeline update that charges `amount` only if the available balance
     covers it and the request key is new (`decide.spend_outcome`'s rule, on the server).
 
@@ -250,13 +314,16 @@ def spend_pipeline(amount: Credits, key: int, now: datetime) -> list[Update]:
         ]
     }
     when = {"$literal": now}
-    window = {"$slice": [{"$concatArrays": [recent, {"$literal": [key]}]}, -RECENT_WINDOW]}
+    amounts = {"$ifNull": ["$" + RECENT_AMOUNTS, []]}
+    keys = {"$slice": [{"$concatArrays": [recent, {"$literal": [key]}]}, -window]}
+    kept = {"$slice": [{"$concatArrays": [amounts, {"$literal": [amount]}]}, -window]}
     return [
         {
             "$set": {
                 CREDITS: {"$cond": [charge, {"$subtract": [credits, amount]}, credits]},
                 SPENT: {"$add": [{"$ifNull": ["$" + SPENT, 0]}, {"$cond": [charge, amount, 0]}]},
-                RECENT: {"$cond": [charge, window, recent]},
+                RECENT: {"$cond": [charge, keys, recent]},
+                RECENT_AMOUNTS: {"$cond": [charge, kept, amounts]},
                 LAST_SEEN: {"$max": [{"$ifNull": ["$" + LAST_SEEN, when]}, when]},
                 AUTO: {"$literal": False},
             }
@@ -330,8 +397,19 @@ def after_key(last_refill: object, doc_id: object) -> Update:
     }
 
 
+def latest_rows_since(users: list[UserId], since: datetime) -> list[Update]:
+    """Each of `users` with a ledger row at or after `since`, with its latest row's time:
+    a range per user on the `user_1_createdAt_-1` index, grouped by user (a server can
+    answer it from the index alone)."""
+    return [
+        {"$match": {USER: {"$in": users}, "createdAt": {"$gte": since}}},
+        {"$sort": {USER: 1, "createdAt": -1}},
+        {"$group": {"_id": "$" + USER, "last": {"$first": "$createdAt"}}},
+    ]
+
+
 SWEEP_ORDER = [(LAST_REFILL, 1), ("_id", 1)]
-SWEEP_PROJECTION: Update = {RECENT: 0}
+SWEEP_PROJECTION: Update = {RECENT: 0, RECENT_AMOUNTS: 0, RECENT_ADMIN: 0}
 
 # -- indexes ----------------------------------------------------------------------------
 

@@ -1,9 +1,13 @@
 """The one module that talks to the MongoDB driver.
 
 It runs calls on any collection with pymongo's async API (pymongo's AsyncCollection,
-Motor, mongomock-motor), retries transient failures of calls that are safe to repeat,
-and wraps every other error a collection raises in `StorageError`, naming the call, with
-the original as `__cause__`.
+Motor, mongomock-motor). Every call the library makes is safe to repeat (reads, upserts
+that only fill missing fields, compare-and-swaps, inserts with chosen `_id`s), so
+transient driver failures (a lost connection, a paused connection pool, a
+retryable-write error, a write concern timeout) are retried with exponential backoff and
+full jitter until a time budget is spent. Driver errors that remain are wrapped in
+`StorageError`, naming the call, with the original as `__cause__`; anything else (a
+bug, a collection that is not pymongo-like) propagates as itself.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -104,40 +110,93 @@ def _is_transient(exc: PyMongoError) -> bool:
     return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
 
 
+def monotonic() -> float:
+    """The clock retry budgets are measured on (a seam for tests)."""
+    return time.monotonic()
+
+
+async def pause(seconds: float) -> None:
+    """Wait between two attempts (a seam for tests)."""
+    await asyncio.sleep(seconds)
+
+
+def _mock_bulk_mismatch(exc: TypeError) -> bool:
+    """mongomock's known signature mismatch: its UpdateOne handling refuses `sort`."""
+    return "unexpected keyword argument 'sort'" in str(exc)
+
+
 def _count(result: object, field: str) -> int:
     value = getattr(result, field, 0)
     return value if isinstance(value, int) else 0
 
 
+RETRY_BUDGET = 10.0
+"""Default seconds spent retrying one call's transient errors (a paused pool recovers
+within a few seconds)."""
+MAX_BACKOFF = 1.0
+"""Longest single wait between two attempts, in seconds."""
+
+
 class Store:
-    """Driver calls on the balances collection, and on any other passed to a call."""
+    """Driver calls on the balances collection, and on any other passed to a call.
+
+    Transient errors are retried for up to `retry_budget` seconds (measured from the
+    first failure), waiting a random time up to `retry_delay * 2**n` (at most 1 s)
+    before retry n. `attempts` caps the tries as well (None: only the budget; with
+    `retry_delay=0`, as in tests, at most 3 tries unless `attempts` says otherwise).
+    """
 
     def __init__(
-        self, balances: AsyncCollection, *, attempts: int = 3, retry_delay: float = 0.05
+        self,
+        balances: AsyncCollection,
+        *,
+        attempts: int | None = None,
+        retry_delay: float = 0.05,
+        retry_budget: float = RETRY_BUDGET,
     ) -> None:
         self.balances = balances
-        self.attempts = max(1, attempts)
-        self.retry_delay = retry_delay
-        self._bulk = True  # False once the collection turned out not to run bulk updates
+        if attempts is None and retry_delay <= 0:
+            attempts = 3
+        self.attempts = None if attempts is None else max(1, attempts)
+        self.retry_delay = max(0.0, retry_delay)
+        self.retry_budget = max(0.0, retry_budget)
+        self._bulk = True  # False once the collection showed mongomock's bulk_write mismatch
 
     async def run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one idempotent call, retrying transient errors; wrap the rest."""
-        for attempt in range(1, self.attempts + 1):
+        """Run one idempotent call, retrying transient errors; wrap the driver's others."""
+        attempt = 0
+        started: float | None = None
+        while True:
+            attempt += 1
             try:
                 return await call()
             except DuplicateKeyError as exc:
                 raise DuplicateKey(str(exc)) from exc
             except PyMongoError as exc:
-                if attempt < self.attempts and _is_transient(exc):
-                    log.warning("transient error in %s (attempt %d): %s", what, attempt, exc)
-                    if self.retry_delay:
-                        await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
-                    continue
-                raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-            except (TypeError, ValueError, AttributeError, KeyError, NotImplementedError) as exc:
-                # Not a driver error: a collection that does not do what pymongo's does.
-                raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+                if not _is_transient(exc):
+                    raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+                now = monotonic()
+                if started is None:
+                    started = now
+                spent = now - started
+                if (self.attempts is not None and attempt >= self.attempts) or (
+                    spent >= self.retry_budget
+                ):
+                    raise StorageError(
+                        f"{what} failed after {attempt} attempt(s) in {spent:.1f} s: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning(
+                    "transient error in %s (attempt %d): %s",
+                    what,
+                    attempt,
+                    exc,
+                    extra={"operation": what, "attempt": attempt},
+                )
+                if self.retry_delay:
+                    ceiling = min(MAX_BACKOFF, self.retry_delay * 2 ** (attempt - 1))
+                    wait = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+                    await pause(min(wait, max(0.0, self.retry_budget - spent)))
 
     # -- balances -------------------------------------------------------------------
 
@@ -186,8 +245,10 @@ class Store:
 
         Returns (matched, failed): updates whose filter matched, and updates the server
         rejected. Retrying the whole batch after a lost reply is safe: an applied
-        compare-and-swap no longer matches. A collection that cannot run bulk updates
-        (mongomock's `bulk_write` under pymongo >= 4.11) gets them one at a time.
+        compare-and-swap no longer matches. mongomock's `bulk_write` cannot run
+        `UpdateOne` under pymongo >= 4.11 (it passes `sort`, which mongomock refuses): that
+        one mismatch, recognised by its message, switches this collection to one update
+        at a time, once; any other error propagates.
         """
         if not ops:
             return 0, 0
@@ -204,11 +265,13 @@ class Store:
 
             try:
                 return await self.run(what, write)
-            except StorageError as exc:
-                if not isinstance(exc.__cause__, TypeError):
+            except TypeError as exc:
+                if not _mock_bulk_mismatch(exc):
                     raise
                 log.info(
-                    "%s: the collection cannot run bulk updates; sending them one by one", what
+                    "%s: the collection's bulk_write cannot run UpdateOne (mongomock); "
+                    "sending updates one by one",
+                    what,
                 )
                 self._bulk = False
         matched = failed = 0

@@ -97,6 +97,11 @@ class RefillPlan:
     previous_tier: str | None = None
     history: tuple[Credits, ...] = ()
     reserved: Credits = 0
+    tier_only: bool = False
+    """True: the activity rules moved the user to another tier and no credits change
+    (no refill is made; the tier is written with a `tierChange` ledger row)."""
+    period_tier: str | None = None
+    """For a tier-only change: the tier whose period keeps governing the current period."""
 
     @property
     def granted(self) -> Credits:
@@ -201,13 +206,16 @@ def plan_refill(
 ) -> RefillPlan | None:
     """The refill due for `state` at `now`, or None.
 
-    Due when all hold: auto refill is on (for the user and the tier), the period has
-    elapsed, and the available balance (credits not reserved by LibreChat's in-flight
-    requests) is below max(threshold, needed). `force` (an admin's `refill_now`) skips
-    all three and leaves the tier alone. Never while LibreChat's own refill is settling.
-    The activity rules then pick the tier, whose amount (fixed or adaptive), mode and cap
-    apply to the available balance. A refill that would change nothing is not made
-    (unless forced).
+    Nothing is planned unless auto refill is on (for the user and the tier) and the
+    period has elapsed. The activity rules then pick the tier from the closed periods
+    (periods the user stayed away count as zero spend), and a refill is due when the
+    available balance (credits not reserved by LibreChat's in-flight requests) is below
+    max(that tier's threshold, needed). Its amount (fixed or adaptive), mode and cap apply
+    to the available balance. A refill that would change nothing is not made; if the
+    rules moved the user, the plan is then a tier-only change (`tier_only`), which adds
+    no credits and does not start a new period. `force` (an admin's `refill_now`) skips
+    the pause, period and threshold tests and leaves the tier alone. Never while
+    LibreChat's own refill is settling.
     """
     if state.refill_pending:
         return None
@@ -215,19 +223,23 @@ def plan_refill(
     if not force:
         if not auto_refill_on(tiers, state) or not period_elapsed(tiers, state, now):
             return None
-        if state.available >= max(tiers.tiers[tier].effective_threshold, needed):
-            return None
+        if not tiers.rules and state.available >= max(
+            tiers.tiers[tier].effective_threshold, needed
+        ):
+            return None  # no rule can move the user: the threshold alone decides
     history = closing_history(tiers, state, now)
     new_tier = tier if force else apply_rules(tiers, tier, history, pinned=state.pinned)
     policy = tiers.tiers[new_tier]
+    if not force and state.available >= max(policy.effective_threshold, needed):
+        return _tier_only(tiers, state, tier, new_tier)
     amount = policy.amount
     if policy.adaptive is not None:
         amount = adaptive_amount(policy.adaptive, policy.amount, history)
     level = refill_level(policy.mode, amount, policy.max_balance, state.available)
     # Unchanged stays exactly unchanged (a float's round trip through `available` may not).
     after = state.balance if level == state.available else level + state.reserved
-    if after == state.balance and not force and new_tier == tier:
-        return None
+    if after == state.balance and not force:
+        return _tier_only(tiers, state, tier, new_tier)
     return RefillPlan(
         tier=new_tier,
         policy=policy,
@@ -237,6 +249,43 @@ def plan_refill(
         previous_tier=tier if new_tier != tier else None,
         history=history,
         reserved=state.reserved,
+    )
+
+
+def _tier_only(
+    tiers: TieredPolicy, state: UserState, tier: str, new_tier: str
+) -> RefillPlan | None:
+    """No credits to add: a tier change if the rules moved the user, else nothing."""
+    if new_tier == tier:
+        return None
+    return RefillPlan(
+        tier=new_tier,
+        policy=tiers.tiers[new_tier],
+        before=state.balance,
+        after=state.balance,
+        amount=0,
+        previous_tier=tier,
+        history=state.history,
+        reserved=state.reserved,
+        tier_only=True,
+        period_tier=period_tier(tiers, state),
+    )
+
+
+def state_after(
+    state: UserState, plan: RefillPlan, now: datetime, *, charge: Credits = 0
+) -> UserState:
+    """The user's state after `plan` is written at `now` (charging `charge` in the same
+    write): what the storage layer's update leaves, as the decisions see it."""
+    if plan.tier_only:
+        return state._replace(tier=plan.tier, refill_tier=plan.period_tier)
+    return state._replace(
+        balance=plan.after - charge,
+        last_refill=now,
+        tier=plan.tier if plan.previous_tier is not None else state.tier,
+        refill_tier=plan.tier,
+        spent=charge,
+        history=plan.history,
     )
 
 

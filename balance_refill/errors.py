@@ -59,6 +59,23 @@ class InsufficientCredits(BalanceRefillError):
         )
 
 
+class IdempotencyConflict(BalanceRefillError, ValueError):
+    """A request id reused with different arguments (as a payment API answers a reused
+    idempotency key with a different body). Nothing was changed. `original` is what the
+    first request with this id did (its amount, for a spend or a grant)."""
+
+    def __init__(self, request_id: str, *, operation: str, original: object, given: object) -> None:
+        self.request_id = request_id
+        self.operation = operation
+        self.original = original
+        self.given = given
+        super().__init__(
+            f"request id {request_id!r} was already used for a {operation} of {original!r}; "
+            f"this call asks for {given!r}. Nothing was changed: use a new request id for a "
+            "new request"
+        )
+
+
 class UserNotFound(BalanceRefillError, LookupError):
     """A read-only or admin operation named a user with no balance document."""
 

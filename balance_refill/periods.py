@@ -26,7 +26,7 @@ from bson.tz_util import utc as _BSON_UTC
 CalendarUnit = Literal["day", "week", "month"]
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_INTERVAL_RE = re.compile(r"^\s*(\d{1,9})\s*(mo|s|m|h|d|w)\s*$")
+_INTERVAL_RE = re.compile(r"^\s*(\d{1,13})\s*(mo|ms|s|m|h|d|w)\s*$")
 _MS = timedelta(milliseconds=1)
 MAX_MONTHS = 1200
 MAX_DELTA = timedelta(days=366 * 100)
@@ -64,8 +64,8 @@ class Interval:
         if self.months:
             return f"{self.months}mo"
         seconds = int(self.delta.total_seconds())
-        if self.delta != timedelta(seconds=seconds):
-            return f"{self.delta.total_seconds()}s"
+        if self.delta != timedelta(seconds=seconds):  # whole milliseconds (validated)
+            return f"{self.delta // _MS}ms"
         for unit in ("w", "d", "h", "m"):
             if seconds % _UNIT_SECONDS[unit] == 0:
                 return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
@@ -117,7 +117,8 @@ def zone(name: str) -> ZoneInfo:
 
 
 def parse_interval(value: object) -> Interval:
-    """Parse "90s", "15m", "12h", "30d", "2w", "1mo" or a timedelta."""
+    """Parse "1500ms", "90s", "15m", "12h", "30d", "2w", "1mo" or a timedelta (what
+    `str(Interval)` prints parses back to the same interval)."""
     if isinstance(value, Interval):
         return value
     if isinstance(value, timedelta):
@@ -129,13 +130,17 @@ def parse_interval(value: object) -> Interval:
     match = _INTERVAL_RE.match(value)
     if not match:
         raise ValueError(
-            f"cannot read interval {value!r}: use a number and one of s, m, h, d, w, mo (e.g. '30d', '1mo')"
+            f"cannot read interval {value!r}: use a number and one of ms, s, m, h, d, w, mo (e.g. '30d', '1mo')"
         )
     count, unit = int(match[1]), match[2]
     if count <= 0:
         raise ValueError(f"interval must be positive, got {value!r}")
     if unit == "mo":
         return Interval(months=count)
+    if unit == "ms":
+        return Interval(delta=timedelta(milliseconds=count))
+    if count * _UNIT_SECONDS[unit] > MAX_DELTA.total_seconds():
+        raise ValueError("an interval must be at most 100 years")
     return Interval(delta=timedelta(seconds=count * _UNIT_SECONDS[unit]))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Literal, Self
 
@@ -97,7 +98,14 @@ class RefillPolicy(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_threshold(cls, data: object) -> object:
-        if isinstance(data, Mapping) and data.get("threshold") is None and "amount" in data:
+        """`top_up` and `add` refill below `amount` unless told otherwise; `reset` has no
+        default threshold: every due user is set to `amount` (the classic monthly reset)."""
+        if (
+            isinstance(data, Mapping)
+            and data.get("threshold") is None
+            and "amount" in data
+            and data.get("mode", "top_up") != "reset"
+        ):
             return {**data, "threshold": data["amount"]}
         return data
 
@@ -118,9 +126,9 @@ class RefillPolicy(BaseModel):
                 raise ValueError(
                     f"start_balance ({self.start_balance}) is above max_balance ({self.max_balance})"
                 )
-            if self.effective_threshold > self.max_balance:
+            if self.threshold is not None and self.threshold > self.max_balance:
                 raise ValueError(
-                    f"threshold ({self.effective_threshold}) is above max_balance "
+                    f"threshold ({self.threshold}) is above max_balance "
                     f"({self.max_balance}): refills there could grant nothing"
                 )
             if self.adaptive is not None and self.adaptive.max_amount > self.max_balance:
@@ -131,9 +139,19 @@ class RefillPolicy(BaseModel):
         return self
 
     @property
-    def effective_threshold(self) -> int:
-        """The threshold, defaulting to `amount`."""
-        return self.amount if self.threshold is None else self.threshold
+    def effective_threshold(self) -> float:
+        """The available balance at or above which a due user is not refilled: the
+        threshold given, else `amount` for `top_up` and `add`, and no limit at all
+        (infinity: every due user is refilled) for `reset`."""
+        if self.threshold is not None:
+            return self.threshold
+        return math.inf if self.mode == "reset" else self.amount
+
+    def describe_threshold(self) -> str:
+        """The threshold in words (for `policy check`, the admin page and logs)."""
+        if self.threshold is None and self.mode == "reset":
+            return "none: every due user is reset to the amount, whatever the balance"
+        return f"{self.effective_threshold:,}"
 
     @property
     def period(self) -> Period:
@@ -149,7 +167,8 @@ class RefillPolicy(BaseModel):
             "amount": self.amount,
             "period": str(self.period),
             "mode": self.mode,
-            "threshold": self.effective_threshold,
+            "threshold": self.threshold,
+            "threshold_rule": self.describe_threshold(),
             "max_balance": self.max_balance,
             "start_balance": self.start_balance,
             "auto_refill": self.auto_refill,
@@ -157,12 +176,20 @@ class RefillPolicy(BaseModel):
         }
 
     @classmethod
-    def from_librechat(cls, mapping: Mapping[str, object]) -> RefillPolicy:
+    def from_librechat(
+        cls, mapping: Mapping[str, object], *, auto_refill: bool | None = None
+    ) -> RefillPolicy:
         """Build a policy from the `balance:` section of `librechat.yaml`.
 
         Keeps LibreChat's semantics: `add` mode, and a refill only when the request
-        would not be covered (threshold 0, so `needed` decides). `enabled: false` or
-        `autoRefillEnabled: false` turn automatic refills off.
+        would not be covered (threshold 0, so `needed` decides).
+
+        Beside a running LibreChat, its own `autoRefillEnabled` must stay false (else
+        LibreChat refills too). Read as this library's policy, that switch would turn the
+        library's refills off as well, silently. So a section whose `enabled` or
+        `autoRefillEnabled` is false is refused (`ValueError`, one line saying why and
+        what to do) unless `auto_refill` says explicitly what the library should do:
+        True refills on LibreChat's amount and interval, False refills nobody.
         """
         if not isinstance(mapping, Mapping):
             raise ValueError(f"the balance section must be a mapping, got {type(mapping).__name__}")
@@ -185,7 +212,12 @@ class RefillPolicy(BaseModel):
         for key, flag in (("enabled", enabled), ("autoRefillEnabled", auto)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{key} must be true or false, got {flag!r}")
-        auto_refill = enabled and auto
+        if auto_refill is not None and not isinstance(auto_refill, bool):
+            raise ValueError(f"auto_refill must be True, False or None, got {auto_refill!r}")
+        if auto_refill is None:
+            if not (enabled and auto):
+                raise ValueError(librechat_trap(enabled=enabled is True))
+            auto_refill = True
         value = mapping.get("refillIntervalValue", 30)
         unit = mapping.get("refillIntervalUnit", "days")
         if unit not in _LIBRECHAT_UNITS:
@@ -209,6 +241,18 @@ class RefillPolicy(BaseModel):
             start_balance=mapping.get("startBalance", 20_000),
             auto_refill=auto_refill,
         )
+
+
+def librechat_trap(*, enabled: bool = True) -> str:
+    """Why a `librechat.yaml` with LibreChat's refill switched off is refused as a policy."""
+    switch = "balance.autoRefillEnabled" if enabled else "balance.enabled"
+    return (
+        f"{switch} is false in this librechat.yaml: read as this library's policy it would "
+        "refill nobody. Keep LibreChat's own switch off (so that LibreChat does not refill "
+        "too) and give the library its own policy file (amount, interval or calendar, mode), "
+        "or pass an explicit override (RefillPolicy.from_librechat(..., auto_refill=True), "
+        "or --librechat-auto-refill on|off on the command line)"
+    )
 
 
 class TierRule(BaseModel):

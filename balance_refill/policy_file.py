@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import PolicyFileError
-from .policy import AnyPolicy, RefillPolicy, TieredPolicy
+from .policy import AnyPolicy, RefillPolicy, TieredPolicy, librechat_trap
 
 MAX_FILE_BYTES = 1_000_000
 _LIBRECHAT_KEYS = {"version", "endpoints", "interface", "registration", "cache", "fileStrategy"}
@@ -49,8 +49,19 @@ def _summary(exc: ValidationError) -> str:
     return "; ".join(parts[:5])
 
 
-def policy_from_mapping(data: object, *, source: str = "policy") -> AnyPolicy:
-    """Build a policy from parsed YAML (our schema or librechat.yaml)."""
+def policy_from_mapping(
+    data: object,
+    *,
+    source: str = "policy",
+    librechat_auto_refill: bool | None = None,
+    warnings: list[str] | None = None,
+) -> AnyPolicy:
+    """Build a policy from parsed YAML (our schema or librechat.yaml).
+
+    A librechat.yaml whose refill switch is off is refused (see
+    `RefillPolicy.from_librechat`) unless `librechat_auto_refill` overrides it; given a
+    `warnings` list (what `policy check` does), it is read with refills off and the
+    explanation is appended there instead."""
     if not isinstance(data, Mapping):
         raise PolicyFileError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
@@ -61,7 +72,11 @@ def policy_from_mapping(data: object, *, source: str = "policy") -> AnyPolicy:
         raise PolicyFileError(f"{source}: a librechat.yaml needs a 'balance:' mapping")
     try:
         if isinstance(section, Mapping):
-            return RefillPolicy.from_librechat(section)
+            override = librechat_auto_refill
+            if override is None and warnings is not None and not _librechat_refills(section):
+                warnings.append(librechat_trap(enabled=section.get("enabled") is not False))
+                override = False
+            return RefillPolicy.from_librechat(section, auto_refill=override)
         if "tiers" in data:
             return TieredPolicy.model_validate(dict(data))
         return RefillPolicy.model_validate(dict(data))
@@ -71,8 +86,19 @@ def policy_from_mapping(data: object, *, source: str = "policy") -> AnyPolicy:
         raise PolicyFileError(f"{source}: {exc}") from exc
 
 
-def load_policy_text(text: str, *, source: str = "policy") -> AnyPolicy:
-    """Parse YAML text into a policy; any problem is a `PolicyFileError`."""
+def _librechat_refills(section: Mapping[str, object]) -> bool:
+    return section.get("enabled") is True and section.get("autoRefillEnabled") is True
+
+
+def load_policy_text(
+    text: str,
+    *,
+    source: str = "policy",
+    librechat_auto_refill: bool | None = None,
+    warnings: list[str] | None = None,
+) -> AnyPolicy:
+    """Parse YAML text into a policy; any problem is a `PolicyFileError`. The keywords
+    are `policy_from_mapping`'s."""
     if len(text) > MAX_FILE_BYTES:
         raise PolicyFileError(f"{source}: larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -86,11 +112,20 @@ def load_policy_text(text: str, *, source: str = "policy") -> AnyPolicy:
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PolicyFileError(f"{source}: not valid YAML ({first})") from exc
-    return policy_from_mapping(data, source=source)
+    return policy_from_mapping(
+        data, source=source, librechat_auto_refill=librechat_auto_refill, warnings=warnings
+    )
 
 
-def load_policy_file(path: str | Path) -> AnyPolicy:
-    """Read a policy file (our schema or librechat.yaml)."""
+def load_policy_file(
+    path: str | Path,
+    *,
+    librechat_auto_refill: bool | None = None,
+    warnings: list[str] | None = None,
+) -> AnyPolicy:
+    """Read a policy file (our schema or librechat.yaml). A librechat.yaml whose refill
+    switch is off is refused with the reason unless `librechat_auto_refill` says what the
+    library should do; with a `warnings` list the reason goes there instead."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -102,4 +137,6 @@ def load_policy_file(path: str | Path) -> AnyPolicy:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyFileError(f"{p}: not UTF-8 text") from exc
-    return load_policy_text(text, source=str(p))
+    return load_policy_text(
+        text, source=str(p), librechat_auto_refill=librechat_auto_refill, warnings=warnings
+    )

@@ -9,14 +9,15 @@ commit loop in `_engine.py`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from bson import ObjectId
 
 from . import _schema as S
 from ._engine import Change, Clock, Engine
-from ._store import AsyncCollection, Store
+from ._store import RETRY_BUDGET, AsyncCollection, Store
 from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, check_text
 from .admin import Admin, LedgerRow
 from .decide import (
@@ -26,7 +27,7 @@ from .decide import (
     request_key,
     spend_outcome,
 )
-from .errors import DuplicateBalances
+from .errors import DuplicateBalances, IdempotencyConflict
 from .policy import AnyPolicy
 from .state import BalanceState
 from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
@@ -41,6 +42,13 @@ class BalanceRefiller:
     mongomock-motor). `clock` returns an aware UTC datetime; it is read once per operation.
     `user_ids` says how ids are stored (`"auto"`: a 24-hex string is an ObjectId, as
     LibreChat's Mongoose schema casts it; other strings and ints are kept).
+
+    `request_window` is how many spend request ids (with their amounts) each balance
+    document remembers for idempotency (128 by default: a retry within the user's last
+    128 spends is recognised). Transient driver errors (a lost connection, a paused
+    connection pool) are retried with exponential backoff from `retry_delay` seconds
+    and full jitter for up to `retry_budget` seconds per call (`retry_attempts` caps
+    the tries too); then the call raises `StorageError`.
     """
 
     def __init__(
@@ -52,8 +60,10 @@ class BalanceRefiller:
         leases: AsyncCollection | None = None,
         clock: Clock | None = None,
         max_attempts: int = 16,
-        retry_attempts: int = 3,
+        retry_attempts: int | None = None,
         retry_delay: float = 0.05,
+        retry_budget: float = RETRY_BUDGET,
+        request_window: int = S.RECENT_WINDOW,
         user_ids: UserIdMode = "auto",
     ) -> None:
         self.policy = policy
@@ -66,6 +76,8 @@ class BalanceRefiller:
             max_attempts=max_attempts,
             retry_attempts=retry_attempts,
             retry_delay=retry_delay,
+            retry_budget=retry_budget,
+            request_window=request_window,
             user_ids=user_ids,
         )
         self.admin = Admin(self._engine)
@@ -91,14 +103,7 @@ class BalanceRefiller:
 
         def decide(record: S.Record) -> Change | None:
             plan = plan_refill(engine.tiers, record.state, now, needed)
-            if plan is None:
-                return None
-            return Change(
-                S.refill_update(plan, now, charge=0, mirrored=engine.mirrored(plan.tier)),
-                engine.refill_row(record, now, plan),
-                granted=plan.granted,
-                refilled=True,
-            )
+            return None if plan is None else engine.plan_change(record, now, plan)
 
         done = await engine.commit("refill", read, decide)
         return engine.state(done.record, now, done.change)
@@ -110,19 +115,21 @@ class BalanceRefiller:
 
         If it does not and a refill is due, refill and charge in the same write;
         otherwise raise `InsufficientCredits` and change nothing. With `request_id`, a
-        retried request is charged once (the last 32 ids are kept on the document).
-        Credits reserved by LibreChat's in-flight requests are not spendable.
+        retried request is charged once (the last `request_window` ids, 128 by default,
+        are kept on the document with their amounts); reusing an id with a different
+        amount raises `IdempotencyConflict` and changes nothing. Credits reserved by
+        LibreChat's in-flight requests are not spendable.
         """
         engine = self._engine
         user = engine.user(user_id)
         amount = check_amount(amount, what="amount")
-        key = (
-            random_request_key()
-            if request_id is None
-            else request_key(check_text(request_id, what="request_id", max_length=256))
-        )
+        if request_id is None:
+            key = random_request_key()
+        else:
+            request_id = check_text(request_id, what="request_id", max_length=256)
+            key = request_key(request_id)
         now = engine.now()
-        pipeline = S.spend_pipeline(amount, key, now)
+        pipeline = S.spend_pipeline(amount, key, now, engine.request_window)
         outcome = SpendOutcome.INSUFFICIENT
 
         async def read() -> S.Record:
@@ -132,7 +139,14 @@ class BalanceRefiller:
                 raw = await engine.store.modify("spend", S.by_user(user), pipeline, before=True)
                 if raw is not None:
                     record = await engine.settled(S.parse(raw))
-                    outcome = spend_outcome(record.state, amount, seen=key in record.recent)
+                    seen = key in record.recent
+                    if seen and request_id is not None:
+                        original = record.spent_amount(key)
+                        if original is not S.UNKNOWN and original != amount:
+                            raise IdempotencyConflict(
+                                request_id, operation="spend", original=original, given=amount
+                            )
+                    outcome = spend_outcome(record.state, amount, seen=seen)
                     if outcome is SpendOutcome.INSUFFICIENT:
                         return S.after_uncharged_spend(record)
                     return record  # as it was before the charge (see `charged` below)
@@ -145,20 +159,8 @@ class BalanceRefiller:
             plan = plan_refill(engine.tiers, record.state, now, needed=amount)
             if plan is None:
                 raise engine.refused(record, amount, now)
-            charge = amount if plan.available_after >= amount else 0
-            return Change(
-                S.refill_update(
-                    plan,
-                    now,
-                    charge=charge,
-                    mirrored=engine.mirrored(plan.tier),
-                    request_key=key if charge else None,
-                ),
-                engine.refill_row(record, now, plan),
-                granted=plan.granted,
-                refilled=True,
-                charged=bool(charge),
-            )
+            charge = amount if not plan.tier_only and plan.available_after >= amount else 0
+            return engine.plan_change(record, now, plan, charge=charge, request_key=key)
 
         done = await engine.commit("refill", read, decide)
         if outcome is SpendOutcome.CHARGED:  # the one call charged: the record is from before
@@ -185,6 +187,7 @@ class BalanceRefiller:
         reason: str,
         allow_negative: bool = False,
         create: bool = False,
+        request_id: str | None = None,
     ) -> BalanceState:
         """See `Admin.grant`."""
         return await self.admin.grant(
@@ -194,31 +197,66 @@ class BalanceRefiller:
             reason=reason,
             allow_negative=allow_negative,
             create=create,
+            request_id=request_id,
         )
 
     async def set_balance(
-        self, user_id: UserId, amount: Credits, *, actor: str, reason: str, create: bool = False
+        self,
+        user_id: UserId,
+        amount: Credits,
+        *,
+        actor: str,
+        reason: str,
+        create: bool = False,
+        request_id: str | None = None,
     ) -> BalanceState:
         """See `Admin.set_balance`."""
         return await self.admin.set_balance(
-            user_id, amount, actor=actor, reason=reason, create=create
+            user_id, amount, actor=actor, reason=reason, create=create, request_id=request_id
         )
 
     async def set_tier(
-        self, user_id: UserId, tier: str, *, actor: str, pinned: bool | None = None
+        self,
+        user_id: UserId,
+        tier: str,
+        *,
+        actor: str,
+        pinned: bool | None = None,
+        reason: str | None = None,
+        request_id: str | None = None,
     ) -> BalanceState:
         """See `Admin.set_tier`."""
-        return await self.admin.set_tier(user_id, tier, actor=actor, pinned=pinned)
+        return await self.admin.set_tier(
+            user_id, tier, actor=actor, pinned=pinned, reason=reason, request_id=request_id
+        )
 
-    async def set_auto_refill(self, user_id: UserId, enabled: bool, *, actor: str) -> BalanceState:
+    async def set_auto_refill(
+        self,
+        user_id: UserId,
+        enabled: bool,
+        *,
+        actor: str,
+        reason: str | None = None,
+        request_id: str | None = None,
+    ) -> BalanceState:
         """See `Admin.set_auto_refill`."""
-        return await self.admin.set_auto_refill(user_id, enabled, actor=actor)
+        return await self.admin.set_auto_refill(
+            user_id, enabled, actor=actor, reason=reason, request_id=request_id
+        )
 
     async def refill_now(
-        self, user_id: UserId, *, actor: str, reason: str, create: bool = False
+        self,
+        user_id: UserId,
+        *,
+        actor: str,
+        reason: str,
+        create: bool = False,
+        request_id: str | None = None,
     ) -> BalanceState:
         """See `Admin.refill_now`."""
-        return await self.admin.refill_now(user_id, actor=actor, reason=reason, create=create)
+        return await self.admin.refill_now(
+            user_id, actor=actor, reason=reason, create=create, request_id=request_id
+        )
 
     async def history(self, user_id: UserId, limit: int = 50) -> list[LedgerRow]:
         """See `Admin.history`."""
@@ -260,16 +298,20 @@ class BalanceRefiller:
         batch_size = check_limit(batch_size, what="batch_size", low=1, high=10_000)
         return await self._engine.flush_pending(batch_size)
 
-    async def ensure_indexes(self) -> list[str]:
-        """Create the indexes the library needs; report users with duplicate documents.
+    async def ensure_indexes(self) -> IndexReport:
+        """Create the indexes the library needs, and report what needs the operator.
 
         Unless `user_ids="str"`, balance documents whose `user` is a 24-hex string
         (written by an earlier version of this library, or by a script) are switched to
-        the ObjectId that LibreChat and the library look them up by. Ledger rows are never
-        rewritten (the ledger is append-only): such old rows keep their string `user`.
+        the ObjectId that LibreChat and the library look them up by; the report counts
+        them. Ledger rows are never rewritten (the ledger is append-only).
 
-        Raises `DuplicateBalances` (after creating the indexes) when some users own more
-        than one balance document; the library still works on such data, using the oldest.
+        It never raises after changing something (only a driver failure raises,
+        `StorageError`): users who own more than one balance document (old LibreChat
+        databases) are listed in `IndexReport.duplicates`; the library works on such
+        data, reading and writing only the oldest document of each. Calls: one per
+        index (three on `balances`, one on the ledger), one read per 500 hex-string
+        documents plus one update per document converted, one aggregation.
         """
         engine = self._engine
         store = engine.store
@@ -280,12 +322,34 @@ class BalanceRefiller:
         if engine.ledger is not None:
             name, keys = S.LEDGER_INDEX
             names.append(await store.create_index(engine.ledger, keys, name=name))
-        if engine.user_ids != "str":
-            await _adopt_hex_users(store)
-        duplicates = await store.aggregate(store.balances, S.DUPLICATE_USERS)
+        converted = 0 if engine.user_ids == "str" else await _adopt_hex_users(store)
+        found = await store.aggregate(store.balances, S.DUPLICATE_USERS)
+        duplicates = {d["_id"]: int(d["n"]) for d in found}
         if duplicates:
-            raise DuplicateBalances({d["_id"]: int(d["n"]) for d in duplicates})
-        return names
+            log.warning("%s", DuplicateBalances(duplicates))
+        return IndexReport(tuple(names), converted, duplicates)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexReport:
+    """What `ensure_indexes` did and found.
+
+    `indexes`: the names of the indexes ensured. `converted`: balance documents whose
+    hex-string `user` became an ObjectId. `duplicates`: user -> number of balance
+    documents, for users owning more than one (at most 1,000 listed, the most first).
+    To clear duplicates, merge each user's extra documents into the oldest (lowest
+    `_id`): add their `tokenCredits` to it if they hold credits that count, then delete
+    them; `balance-refill` and LibreChat both read only the oldest.
+    """
+
+    indexes: tuple[str, ...]
+    converted: int = 0
+    duplicates: Mapping[object, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No duplicates left for the operator to merge."""
+        return not self.duplicates
 
 
 async def _adopt_hex_users(store: Store) -> int:
@@ -309,4 +373,4 @@ async def _adopt_hex_users(store: Store) -> int:
     return adopted
 
 
-__all__: Sequence[str] = ["BalanceRefiller"]
+__all__: Sequence[str] = ["BalanceRefiller", "IndexReport"]

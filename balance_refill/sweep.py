@@ -17,16 +17,25 @@ lazy refills running at the same time never both refill one user in one period.
 * One runner at a time: a lease document with an expiry, renewed after every batch.
   A second sweep raises `SweepLocked`; a crashed sweep's lease expires.
 
-"Seen" (for `active_within`) is the later of `lastSeen` (written by this library at every
-call) and `lastRefill`. LibreChat's own documents carry no `lastSeen`: for them only
-`lastRefill` is evidence, and a document with neither is treated as not seen. That is
-the safe side: the sweep skips them, and they still get their refill lazily the next time
-they show up.
+"Seen" (for `active_within`) is any of: `lastSeen` (written by this library at every
+call) or `lastRefill` within the window, credits held by LibreChat's in-flight
+reservations, or, when the refiller has a ledger, a row of the user's in the ledger
+collection within the window (LibreChat records each message as spend rows in its
+`transactions`, and its `balances` documents carry no timestamps). The ledger is read
+per batch of candidates with one aggregation on the `user_1_createdAt_-1` index (see
+`ensure_indexes`): one round trip, about one index seek per candidate not already seen.
+A user with no evidence is skipped as inactive: the safe side, since they still get their
+refill lazily the next time they show up.
+
+With activity rules in the policy, every time-due user is read whatever the balance, so
+that the rules can move users who were away (their quiet periods count as zero spend);
+a move that adds no credits is a tier-only change (`tier_changes` in the report).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -55,7 +64,9 @@ LEASE_TTL = timedelta(minutes=5)
 class SweepReport:
     """What a sweep did (or, with `dry_run`, would do).
 
-    The report adds up: `scanned == refilled + sum(skipped.values()) + errors`. `scanned`
+    The report adds up: `scanned == refilled + tier_changes + sum(skipped.values()) +
+    errors`. `tier_changes` counts users the activity rules moved without adding credits
+    (tier-only changes, written with a `tierChange` ledger row). `scanned`
     counts every balance document the sweep accounted for: the candidates it read (at
     most `limit`) and the users it counted on the server without reading them (not yet
     due, paused, inactive, above the threshold). `read` is the candidates read.
@@ -73,6 +84,7 @@ class SweepReport:
     settled_pending: int = 0
     batches: int = 0
     read: int = 0
+    tier_changes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -92,6 +104,7 @@ class SweepReport:
             "settled_pending": self.settled_pending,
             "batches": self.batches,
             "read": self.read,
+            "tier_changes": self.tier_changes,
         }
 
 
@@ -103,10 +116,14 @@ class _Tally:
     granted: Credits = 0
     errors: int = 0
     batches: int = 0
+    tier_changes: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     tiers: Counter[str] = field(default_factory=Counter)
 
     def refill(self, plan: RefillPlan) -> None:
+        if plan.tier_only:
+            self.tier_changes += 1
+            return
         self.refilled += 1
         self.granted += plan.granted
         self.tiers[plan.tier] += 1
@@ -157,13 +174,27 @@ class Sweep:
         """lastRefill old enough to be due in at least one tier, or missing."""
         return S.due_by(self._cutoff(now))
 
-    def _top(self) -> int:
-        return max(p.effective_threshold for p in self.tiers.tiers.values())
+    def _top(self) -> float | None:
+        """The balance at or above which no due user is refilled, or None when none can
+        be left out on its balance (a `reset` tier without a threshold refills every due
+        user; activity rules must see every due user)."""
+        if self.tiers.rules:
+            return None
+        top = max(p.effective_threshold for p in self.tiers.tiers.values())
+        return None if top == math.inf else top
+
+    @property
+    def ledger_activity(self) -> bool:
+        """Activity is also read from the ledger (LibreChat's spend rows), per batch."""
+        return self.window is not None and self.engine.ledger is not None
 
     def candidates(self, now: datetime) -> S.Update:
         """Users that may be due: the one query whose results are read."""
-        clauses = [self._time_due(now), S.NOT_PAUSED, S.maybe_below(self._top())]
-        if self.window is not None:
+        clauses = [self._time_due(now), S.NOT_PAUSED]
+        top = self._top()
+        if top is not None:
+            clauses.append(S.maybe_below(top))
+        if self.window is not None and not self.ledger_activity:
             clauses.append(S.seen_since(now - self.window))
         return {"$and": clauses}
 
@@ -182,11 +213,13 @@ class Sweep:
         await skip("not_due", S.refilled_after(self._cutoff(now)))
         await skip("paused", {"$and": [base, S.IS_PAUSED]})
         rest = [base, S.NOT_PAUSED]
-        if self.window is not None:
+        if self.window is not None and not self.ledger_activity:
             since = now - self.window
             await skip("inactive", {"$and": [*rest, S.unseen_since(since)]})
             rest.append(S.seen_since(since))
-        await skip("above_threshold", {"$and": [*rest, S.surely_above(self._top())]})
+        top = self._top()
+        if top is not None:
+            await skip("above_threshold", {"$and": [*rest, S.surely_above(top)]})
 
     # -- the run ----------------------------------------------------------------------
 
@@ -223,6 +256,7 @@ class Sweep:
             skipped={reason: tally.skipped[reason] for reason in SKIP_REASONS},
             errors=tally.errors,
             tiers=dict(tally.tiers),
+            tier_changes=tally.tier_changes,
             started_at=now,
             duration=timedelta(seconds=time.monotonic() - started),
             dry_run=self.dry_run,
@@ -262,12 +296,39 @@ class Sweep:
             if len(docs) < size:
                 return
 
+    async def _active(self, records: list[S.Record], now: datetime) -> set[object]:
+        """The ids of `records` seen within the window (see the module doc): one
+        aggregation over the ledger for those not already seen on their document."""
+        assert self.window is not None  # noqa: S101 - only called with a window
+        since = now - self.window
+        active: set[object] = set()
+        unseen: list[S.Record] = []
+        for r in records:
+            seen = (r.last_seen is not None and r.last_seen >= since) or (
+                r.state.last_refill is not None and r.state.last_refill >= since
+            )
+            if seen or r.state.reserved > 0:
+                active.add(r.id)
+            else:
+                unseen.append(r)
+        if unseen and self.engine.ledger is not None:
+            rows = await self.store.aggregate(
+                self.engine.ledger, S.latest_rows_since([r.user for r in unseen], since)
+            )
+            users = {row["_id"] for row in rows}
+            active.update(r.id for r in unseen if r.user in users)
+        return active
+
     async def _process(self, records: list[S.Record], now: datetime, tally: _Tally) -> None:
         engine = self.engine
         planned: list[tuple[S.Record, Change, ObjectId]] = []
         plans: dict[ObjectId, RefillPlan] = {}
+        active = await self._active(records, now) if self.ledger_activity else None
         for record in records:
             tally.scanned += 1
+            if active is not None and record.id not in active:
+                tally.skipped["inactive"] += 1
+                continue
             if record.pending is not None:  # a lazy refill is finishing its row right now
                 tally.skipped["raced"] += 1
                 continue
@@ -276,11 +337,7 @@ class Sweep:
                 tally.skipped[skip_reason(self.tiers, record.state, now)] += 1
                 continue
             op_id = ObjectId()
-            row = engine.refill_row(record, now, plan, trigger="sweep")
-            update = S.refill_update(plan, now, charge=0, mirrored=engine.mirrored(plan.tier))
-            planned.append(
-                (record, Change(update, row, granted=plan.granted, refilled=True), op_id)
-            )
+            planned.append((record, engine.plan_change(record, now, plan, trigger="sweep"), op_id))
             plans[op_id] = plan
         if self.dry_run or not planned:
             for plan in plans.values():

@@ -111,7 +111,7 @@ async def run(quick: bool = False) -> Section:
     for name, size in sizes.items():
         section.add(f"balance document: {name}", size, "B")
     recent = bson_size({"recentRequests": steady.get("recentRequests", [])}) - 5
-    section.add("  of which recentRequests (32 request keys)", recent, "B")
+    section.add("  of which recentRequests (request keys)", recent, "B")
     row = bson_size(ran["row"])
     section.add("ledger row (autoRefill)", row, "B")
     section.add(
@@ -122,7 +122,7 @@ async def run(quick: bool = False) -> Section:
     section.add(
         "10M users: ledger rows per year (a refill a month)", row * 12 * USERS_AT_SCALE / 1e9, "GB"
     )
-    section.add("indexes created by ensure_indexes()", ", ".join(ran["indexes"]))
+    section.add("indexes created by ensure_indexes()", ", ".join(ran["indexes"].indexes))
     for op, runs in ran["hot"].items():
         for pattern in sorted({tuple(map(targets_user, calls)) for calls in runs}, key=len):
             section.add(
@@ -137,5 +137,10 @@ async def run(quick: bool = False) -> Section:
         "indexes and compression not counted. LibreChat's own usage rows (2 per message) are "
         "not counted in the ledger. Recommended shard key: {user: 'hashed'}."
     )
-    section.data = {"sizes": sizes, "ledger_row": row, "indexes": ran["indexes"], "spread": spread}
+    section.data = {
+        "sizes": sizes,
+        "ledger_row": row,
+        "indexes": list(ran["indexes"].indexes),
+        "spread": spread,
+    }
     return section

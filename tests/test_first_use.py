@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from mongomock_motor import AsyncMongoMockClient
 
-from balance_refill import BalanceRefiller, RefillPolicy, StorageError, UserNotFound
+from balance_refill import BalanceRefiller, RefillPolicy, UserNotFound
 from balance_refill.testing import CallLog, FakeClock, RecordingCollection
 
 Make = Callable[..., BalanceRefiller]
@@ -111,9 +111,26 @@ class Broken:
         return call
 
 
-async def test_unexpected_collection_errors_surface_as_storage_error(clock: FakeClock) -> None:
-    """A TypeError from a collection is a StorageError naming the call, chained."""
+async def test_errors_that_are_not_the_drivers_propagate_as_themselves(clock: FakeClock) -> None:
+    """Only the driver's exceptions become StorageError: a TypeError from a collection (or
+    from a bug of the library's own) propagates unchanged, so it is not mistaken for a
+    database outage."""
     refiller = BalanceRefiller(Broken(), RefillPolicy(amount=100, interval="30d"), clock=clock)
-    with pytest.raises(StorageError, match="read-or-create balance failed: TypeError") as info:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sort'"):
         await refiller.ensure_balance("u")
-    assert isinstance(info.value.__cause__, TypeError)
+
+
+async def test_a_key_error_inside_the_store_is_not_a_storage_error(clock: FakeClock) -> None:
+    """A KeyError raised by a collection call is the library's bug to see, not a
+    StorageError (the old store wrapped KeyError and TypeError as database errors)."""
+
+    class Faulty(Broken):
+        def __getattr__(self, attr: str) -> Any:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                raise KeyError("tokenCredits")
+
+            return call
+
+    refiller = BalanceRefiller(Faulty(), RefillPolicy(amount=100, interval="30d"), clock=clock)
+    with pytest.raises(KeyError):
+        await refiller.ensure_balance("u")

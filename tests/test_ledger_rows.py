@@ -105,10 +105,11 @@ async def test_every_written_row_has_the_full_shape(
     assert stored["lastOpId"] == rows[-1]["_id"]
 
 
-async def test_a_tier_move_that_grants_nothing_is_an_auto_refill(
+async def test_a_tier_move_that_grants_nothing_is_a_tier_change(
     make_refiller: Make, db: Any, clock: FakeClock
 ) -> None:
-    """A due refill whose only effect is a rule's tier move writes an `autoRefill` row of 0."""
+    """A rule's tier move that adds no credits is no refill: it writes a `tierChange` row
+    (amount 0), reports refilled=False, and leaves the period running."""
     tiers = TieredPolicy(
         tiers={
             "free": RefillPolicy(amount=100, interval="30d", threshold=200),
@@ -122,7 +123,10 @@ async def test_a_tier_move_that_grants_nothing_is_an_auto_refill(
         {"user": "u", "tokenCredits": 150, "lastRefill": clock() - timedelta(days=31)}
     )
     state = await refiller.ensure_balance("u")
-    assert (state.tier, state.balance, state.granted) == ("pro", 150, 0)
+    assert (state.tier, state.balance, state.granted, state.refilled) == ("pro", 150, 0, False)
     [written] = await ledger_rows(db)
-    assert (written["context"], written["rawAmount"], written["tier"]) == ("autoRefill", 0, "pro")
+    assert (written["context"], written["rawAmount"], written["tier"]) == ("tierChange", 0, "pro")
     assert written["previousTier"] == "free"
+    doc = await db["balances"].find_one({"user": "u"})
+    assert doc["lastRefill"] == clock() - timedelta(days=31)  # no new period started
+    assert doc["tier"] == "pro"

@@ -118,9 +118,15 @@ def test_from_librechat_units(unit: str, period: Interval) -> None:
         {},
     ],
 )
-def test_from_librechat_disabled(section: dict[str, Any]) -> None:
-    """enabled or autoRefillEnabled false means no automatic refills."""
-    assert not RefillPolicy.from_librechat(section).auto_refill
+def test_from_librechat_disabled_is_refused_without_an_override(section: dict[str, Any]) -> None:
+    """A librechat.yaml with LibreChat's refill off would refill nobody as our policy:
+    refused with the trap and the fix, unless an explicit override says what to do."""
+    with pytest.raises(ValueError, match="would refill nobody") as info:
+        RefillPolicy.from_librechat(section)
+    assert "explicit override" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not RefillPolicy.from_librechat(section, auto_refill=False).auto_refill
+    assert RefillPolicy.from_librechat(section, auto_refill=True).auto_refill
 
 
 def test_from_librechat_accepts_whole_file() -> None:

@@ -140,20 +140,26 @@ def test_refill_update_without_a_request_key_pushes_nothing() -> None:
     }
 
 
-def test_refill_update_with_a_charge_keeps_the_last_32_keys() -> None:
-    """A refill that also charges records the request key, keeping the newest 32."""
+def test_refill_update_with_a_charge_keeps_the_last_keys_and_amounts() -> None:
+    """A refill that also charges records the request key and its amount, keeping the
+    newest `window` of each."""
     update = S.refill_update(
-        plan(previous_tier="free"), NOW, charge=30, mirrored={}, request_key=-5
+        plan(previous_tier="free"), NOW, charge=30, mirrored={}, request_key=-5, window=40
     )
     assert update["$set"]["tokenCredits"] == 70
     assert update["$set"]["spentSinceRefill"] == 30
     assert update["$set"]["tier"] == "default"
-    assert update["$push"] == {"recentRequests": {"$each": [-5], "$slice": -32}}
+    assert update["$push"] == {
+        "recentRequests": {"$each": [-5], "$slice": -40},
+        "recentAmounts": {"$each": [30], "$slice": -40},
+    }
 
 
 def test_with_marker_adds_op_id_switch_and_row() -> None:
-    """Every write carries the op id and LibreChat's switch off; the row is keyed by the op id."""
+    """Every write carries the op id (also pushed onto the last 16 op ids) and LibreChat's
+    switch off; the row is keyed by the op id; a keyed admin entry rides along."""
     marked = S.with_marker({"$set": {"a": 1}, "$max": {"lastSeen": NOW}}, "op", {"rawAmount": 5})
+    ops = {"recentOps": {"$each": ["op"], "$slice": -16}}
     assert marked == {
         "$set": {
             "a": 1,
@@ -162,9 +168,16 @@ def test_with_marker_adds_op_id_switch_and_row() -> None:
             "pendingLedger": {"_id": "op", "rawAmount": 5},
         },
         "$max": {"lastSeen": NOW},
+        "$push": ops,
     }
     bare = S.with_marker({"$unset": {"tier": ""}}, "op", None)
-    assert bare == {"$unset": {"tier": ""}, "$set": {"autoRefillEnabled": False, "lastOpId": "op"}}
+    assert bare == {
+        "$unset": {"tier": ""},
+        "$set": {"autoRefillEnabled": False, "lastOpId": "op"},
+        "$push": ops,
+    }
+    keyed = S.with_marker({"$set": {"a": 1}}, "op", None, admin={"k": 1})
+    assert keyed["$push"] == {**ops, "recentAdmin": {"$each": [{"k": 1}], "$slice": -32}}
 
 
 @pytest.mark.parametrize(
@@ -224,9 +237,12 @@ async def test_last_seen_is_never_moved_back(
     assert S.parse(stored).last_seen == ahead
 
 
-async def test_spend_window_keeps_the_newest_32_requests(make_refiller: Make) -> None:
-    """After 33 spends the newest 32 ids are still recognised and the oldest is forgotten."""
-    refiller = make_refiller(policy=RefillPolicy(amount=100, interval="30d", start_balance=1_000))
+async def test_spend_window_keeps_the_newest_requests(make_refiller: Make) -> None:
+    """With `request_window=32`, after 33 spends the newest 32 ids are still recognised
+    and the oldest is forgotten."""
+    refiller = make_refiller(
+        policy=RefillPolicy(amount=100, interval="30d", start_balance=1_000), request_window=32
+    )
     for i in range(33):
         await refiller.spend("u", 1, request_id=f"r{i}")
     assert (await refiller.spend("u", 1, request_id="r32")).balance == 967  # a retry
@@ -238,8 +254,10 @@ async def test_refill_and_charge_records_the_request(
     make_refiller: Make, db: Any, clock: FakeClock
 ) -> None:
     """A spend paid by a refill in the same write is recognised when retried, even with
-    a full window of 32 older requests."""
-    refiller = make_refiller(policy=RefillPolicy(amount=100, interval="30d", start_balance=40))
+    a full window of older requests."""
+    refiller = make_refiller(
+        policy=RefillPolicy(amount=100, interval="30d", start_balance=40), request_window=32
+    )
     keys = [request_key(f"old{i}") for i in range(32)]
     await db["balances"].insert_one(
         {
