@@ -4,7 +4,8 @@
 processes (`worker.py`) reach the server through the cutting proxy (`tests/wire/proxy.py`,
 run in this process's event loop) with a simulated clock shared by every process (a day
 every `day_seconds`). Each worker is killed with SIGKILL at a random moment of its life
-and replaced; `flush_pending()` runs from fresh processes, some of them killed too. At
+and replaced; the spends (and keyed grants) it left in flight are retried by its
+replacement with the same ids, as a host retries after a crash. `flush_pending()` runs from fresh processes, some of them killed too. At
 the end the workers stop, one last flush runs straight to the server, and the checker
 (`checker.py`) reads the database and every log.
 
@@ -80,13 +81,15 @@ class Result:
     flushes: int = 0
     flush_kills: int = 0
     spawned: int = 0
+    orphans_retried: int = 0
     wall_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
             f"kill-and-cut ({self.profile.name}, {self.wall_seconds:.0f}s): "
-            f"{self.spawned} worker processes, {self.kills} killed with SIGKILL; "
+            f"{self.spawned} worker processes, {self.kills} killed with SIGKILL "
+            f"({self.orphans_retried} calls they left in flight retried by the next worker); "
             f"{self.flushes} flush processes, {self.flush_kills} killed; "
             f"{self.proxy.cuts} connections cut, {self.proxy.cuts_after_apply} after the server "
             f"applied the request; {self.report.summary()}"
@@ -216,6 +219,7 @@ async def run(profile: Profile, server_uri: str, workdir: Path, *, seed_value: i
         flushes=result.flushes,
         flush_kills=result.flush_kills,
         spawned=result.spawned,
+        orphans_retried=result.orphans_retried,
         wall_seconds=time.monotonic() - began,
     )
 
@@ -227,6 +231,7 @@ class _Load:
     flushes: int = 0
     flush_kills: int = 0
     spawned: int = 0
+    orphans_retried: int = 0
 
 
 @dataclass
@@ -254,6 +259,7 @@ class _Conductor:
         if role == "work":
             retries, self.orphans = self.orphans, []
             self.load.spawned += 1
+            self.load.orphans_retried += len(retries)
         else:
             self.load.flushes += 1
         proc, log = await self.procs.spawn(
