@@ -222,3 +222,10 @@ def test_a_grant_retried_by_another_process_is_one_grant(tmp_path: Path) -> None
     report = world.check()
     assert report.violations == []
     assert (report.grants, report.grants_applied, report.grants_unknown) == (1, 1, 0)
+
+
+def test_an_exception_outside_the_librarys_is_a_violation(tmp_path: Path) -> None:
+    """A call that raised something other than a `BalanceRefillError` is reported."""
+    world = World(tmp_path)
+    world.events = [*world.events, *spend("w1-9", "z", 1.0, "crash")]
+    assert any("outside the library" in v for v in world.check().violations)

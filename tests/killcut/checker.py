@@ -12,6 +12,7 @@ final `balances` and `transactions` and every log line, and verifies exactly (wi
   in a period);
 - a grant is applied at most once (one `admin` row naming its call), and a grant the
   caller was told succeeded is applied;
+- no call raised anything but the library's own exceptions;
 - no request id is kept twice in `recentRequests` (no spend id charged twice);
 - each user's balance equation: start + ledger rows - charged spends = final balance.
   A spend is charged if a call with its id was told so, not charged if every attempt
@@ -167,6 +168,9 @@ def check(
     report.attempts = sum(len(c.outcomes) for c in calls.values())
     report.retries = report.attempts - report.calls
     report.errors = sum(o == "error" for c in calls.values() for o in c.outcomes)
+    for call in calls.values():
+        if "crash" in call.outcomes:
+            report.violations.append(f"{call.op} {call.call}: an exception outside the library's")
     docs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for doc in balances:
         docs[str(doc["user"])].append(doc)

@@ -10,7 +10,8 @@ library takes one) or `sweep`. Role `flush`: one `flush_pending()`.
 
 The log is append-only, one JSON object per line, each written with one unbuffered
 `os.write` (so a SIGKILL loses no line that was written): `start` before every attempt
-of a call, `end` after it with its outcome (`ok`, `insufficient`, `locked`, `error`).
+of a call, `end` after it with its outcome (`ok`, `insufficient`, `locked`, `error` for a
+`BalanceRefillError`, `crash` for any other exception, which the checker reports).
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ class Worker:
             outcome, extra = "locked", {}
         except BalanceRefillError as exc:
             outcome, extra = "error", {"error": _error(exc)}
+        except Exception as exc:  # any other exception is a finding: logged, reported
+            outcome, extra = "crash", {"error": _error(exc)}
         else:
             outcome, extra = "ok", {"balance": getattr(state, "balance", None)}
         self.log.write(e="end", call=call, attempt=attempt, outcome=outcome, **extra)
@@ -168,7 +171,7 @@ class Worker:
                 amount=amount,
                 rid=rid,
             )
-            if outcome != "error":
+            if outcome not in ("error", "crash"):
                 return
             await asyncio.sleep(RETRY_PAUSE)
 
@@ -193,7 +196,7 @@ class Worker:
                 keyed=bool(keyed),
                 origin=origin,
             )
-            if outcome != "error":
+            if outcome not in ("error", "crash"):
                 return
             await asyncio.sleep(RETRY_PAUSE)
 
