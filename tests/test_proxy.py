@@ -12,7 +12,7 @@ import bson
 import pytest
 
 from .wire import backend
-from .wire.proxy import HEADER, OP_MSG, OP_QUERY, Proxy, _Pipe, command_name
+from .wire.proxy import COARSE, HEADER, OP_MSG, OP_QUERY, Proxy, _Pipe, command_name
 
 
 def op_msg(request_id: int, doc: dict[str, Any], response_to: int = 0) -> bytes:
@@ -32,8 +32,12 @@ class EchoServer:
         self.applied: list[str] = []
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.handlers: set[asyncio.Task[Any]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
         try:
             while True:
                 header = await reader.readexactly(HEADER.size)
@@ -55,6 +59,9 @@ async def echo() -> AsyncIterator[EchoServer]:
     server.port = server.server.sockets[0].getsockname()[1]
     yield server
     server.server.close()
+    for task in server.handlers:
+        task.cancel()
+    await asyncio.gather(*server.handlers, return_exceptions=True)
 
 
 async def roundtrip(
@@ -150,7 +157,8 @@ async def test_the_handshake_is_never_cut_by_default(echo: EchoServer) -> None:
 
 
 async def test_delay_is_added_in_each_direction(echo: EchoServer) -> None:
-    """A round trip through a proxy with `delay` d takes at least 2d."""
+    """A round trip through a proxy with `delay` d takes 2d (a wait may end up to
+    COARSE early, to make up for waking the loop late)."""
     loop = asyncio.get_running_loop()
     async with Proxy("127.0.0.1", echo.port, delay=0.05) as proxy:
         started = loop.time()
@@ -158,18 +166,19 @@ async def test_delay_is_added_in_each_direction(echo: EchoServer) -> None:
         took = loop.time() - started
         writer.close()
     assert answered == [1]
-    assert took >= 0.1
-    assert proxy.stats.mean_hold >= 0.05
+    assert took >= 2 * (0.05 - COARSE)
+    assert proxy.stats.mean_hold >= 0.05 - COARSE
 
 
 async def test_a_sub_millisecond_delay_is_honoured(echo: EchoServer) -> None:
-    """A 0.3 ms delay (below the event loop's timer resolution) is still added each way."""
+    """A 0.3 ms delay (below the event loop's timer resolution) is still added each way:
+    on average at least 0.2 ms per message."""
     async with Proxy("127.0.0.1", echo.port, delay=0.0003) as proxy:
         answered, _, writer = await roundtrip(proxy, *(op_msg(n, {"ping": 1}) for n in range(20)))
         writer.close()
     assert len(answered) == 20
     assert proxy.stats.forwarded == 40
-    assert proxy.stats.mean_hold >= 0.0003
+    assert proxy.stats.mean_hold >= 0.0002
 
 
 async def test_connections_beyond_the_limit_are_refused(echo: EchoServer) -> None:

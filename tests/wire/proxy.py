@@ -4,9 +4,9 @@ It sits between a MongoDB driver and a wire server and frames the MongoDB wire p
 (every message starts with its int32 length), so it can act on whole requests:
 
 - `delay`: seconds added to each message in each direction (a round trip gains twice
-  that; sub-millisecond delays are honoured, see `_sleep_until`); messages keep their
-  order and are not throttled (a queue per direction); `stats.mean_hold` is the latency
-  really added per message;
+  that): sub-millisecond delays are honoured on average (see `_sleep_until`; no message
+  is held less than `delay - COARSE`); messages keep their order and are not throttled
+  (a queue per direction); `stats.mean_hold` is the latency really added per message;
 - `cut_rate`: the chance that an eligible request (`commands`; by default anything but
   the handshake) is cut. A cut is, with chance `after_apply`, made *after* the server
   applied the request: the request is forwarded, its reply is dropped and both sides
@@ -44,6 +44,7 @@ HANDSHAKE = frozenset({"hello", "ismaster", "isMaster"})
 DEFAULT_MAX_MESSAGE = 48 * 1024 * 1024  # MongoDB's own limit
 COARSE = 0.002  # seconds: below this a delay's wait is slept in a thread (`_sleep_until`)
 SLEEPERS = 32  # threads for those waits (one per direction of a busy connection)
+LEAD_GAIN = 0.1  # how fast the early end of those waits follows their lateness
 
 
 def command_name(message: bytes) -> str:
@@ -258,6 +259,7 @@ class Proxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._sleeper: ThreadPoolExecutor | None = None
+        self._lead = 0.0  # seconds a delay's wait ends early, to end on time (`_sleep_until`)
 
     @property
     def uri(self) -> str:
@@ -286,16 +288,22 @@ class Proxy:
     async def _sleep_until(self, due: float) -> None:
         """Wait until loop time `due`. The event loop's timers are only good to about a
         millisecond (epoll's resolution), too coarse for a 0.25 ms delay: the last
-        stretch is slept in a thread, whose `time.sleep` is good to tens of microseconds."""
+        stretch is slept in a thread, whose `time.sleep` is good to tens of microseconds.
+        Waking the loop from that thread takes time too, so the wait ends `_lead` early,
+        a lead tuned from how late past waits ended (their mean lateness goes to zero)."""
+        if due <= asyncio.get_running_loop().time():
+            return
         loop = asyncio.get_running_loop()
-        wait = due - loop.time()
+        wait = due - self._lead - loop.time()
         if wait > COARSE:
             await asyncio.sleep(wait - COARSE)
-            wait = due - loop.time()
+            wait = due - self._lead - loop.time()
         if wait > 0:
             if self._sleeper is None:
                 self._sleeper = ThreadPoolExecutor(SLEEPERS, thread_name_prefix="proxy-delay")
             await loop.run_in_executor(self._sleeper, time.sleep, wait)
+        late = loop.time() - due
+        self._lead = min(COARSE, max(0.0, self._lead + LEAD_GAIN * late))
 
     def _cut_decision(self, command: str) -> str | None:
         if not self.eligible(command):
