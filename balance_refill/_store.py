@@ -17,6 +17,7 @@ import inspect
 import logging
 import random
 import time
+import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -112,6 +113,52 @@ def _is_transient(exc: PyMongoError) -> bool:
     return isinstance(exc, OperationFailure) and exc.has_error_label("RetryableWriteError")
 
 
+class _Recovery:
+    """At most one probe at a time per client: the call retrying a transient failure,
+    which the client's other calls wait for (see `Store.run`)."""
+
+    def __init__(self) -> None:
+        self._probe: asyncio.Future[None] | None = None
+
+    def probe(self) -> asyncio.Future[None] | None:
+        """The probe under way in this event loop, if any."""
+        probe = self._probe
+        if probe is None or probe.done() or probe.get_loop() is not asyncio.get_running_loop():
+            return None
+        return probe
+
+    def start(self) -> bool:
+        """Become the probe; False if another call already is."""
+        if self.probe() is not None:
+            return False
+        self._probe = asyncio.get_running_loop().create_future()
+        return True
+
+    def finish(self) -> None:
+        """The probe succeeded or gave up: the waiting calls go on."""
+        probe, self._probe = self._probe, None
+        if probe is not None and not probe.done():
+            probe.set_result(None)
+
+
+_RECOVERIES: weakref.WeakKeyDictionary[object, _Recovery] = weakref.WeakKeyDictionary()
+
+
+def _recovery_for(collection: object) -> _Recovery:
+    """The probe slot shared by every store on `collection`'s client (its own if the
+    client cannot be found or weakly referenced)."""
+    client = getattr(getattr(collection, "database", None), "client", None)
+    if client is None:
+        return _Recovery()
+    try:
+        recovery = _RECOVERIES.get(client)
+        if recovery is None:
+            recovery = _RECOVERIES[client] = _Recovery()
+    except TypeError:  # not weakly referenceable, or unhashable
+        return _Recovery()
+    return recovery
+
+
 def monotonic() -> float:
     """The clock retry budgets are measured on (a seam for tests)."""
     return time.monotonic()
@@ -163,42 +210,83 @@ class Store:
         self.retry_delay = max(0.0, retry_delay)
         self.retry_budget = max(0.0, retry_budget)
         self._bulk = True  # False once the collection showed mongomock's bulk_write mismatch
+        self._recovery: _Recovery | None = None
 
-    async def run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one idempotent call, retrying transient errors; wrap the driver's others."""
+    async def run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:  # noqa: PLR0912 - the one retry loop, kept whole
+        """Run one idempotent call, retrying transient errors; wrap the driver's others.
+
+        While one call of this client retries a transient failure (the probe), the other
+        calls wait for it instead of retrying on their own: PyMongo treats a checkout that
+        a paused pool refuses as a new network error and clears the pool again, so a crowd
+        of retries would keep it paused. When the probe succeeds they all go on; when it
+        gives up they retry for themselves, each within its own budget."""
+        recovery = self._recovery
+        if recovery is None:
+            recovery = self._recovery = _recovery_for(self.balances)
         attempt = 0
         started: float | None = None
-        while True:
-            attempt += 1
-            try:
-                return await call()
-            except DuplicateKeyError as exc:
-                raise DuplicateKey(str(exc)) from exc
-            except PyMongoError as exc:
-                if not _is_transient(exc):
-                    raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-                now = monotonic()
-                if started is None:
-                    started = now
-                spent = now - started
-                if (self.attempts is not None and attempt >= self.attempts) or (
-                    spent >= self.retry_budget
-                ):
-                    raise StorageError(
-                        f"{what} failed after {attempt} attempt(s) in {spent:.1f} s: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                log.warning(
-                    "transient error in %s (attempt %d): %s",
-                    what,
-                    attempt,
-                    exc,
-                    extra={"operation": what, "attempt": attempt},
-                )
-                if self.retry_delay:
-                    ceiling = min(MAX_BACKOFF, self.retry_delay * 2 ** (attempt - 1))
-                    wait = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
-                    await pause(min(wait, max(0.0, self.retry_budget - spent)))
+        probing = False
+        try:
+            while True:
+                if not probing:
+                    started = await self._wait_for_probe(recovery, what, started)
+                attempt += 1
+                try:
+                    return await call()
+                except DuplicateKeyError as exc:
+                    raise DuplicateKey(str(exc)) from exc
+                except PyMongoError as exc:
+                    if not _is_transient(exc):
+                        raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+                    now = monotonic()
+                    if started is None:
+                        started = now
+                    spent = now - started
+                    if (self.attempts is not None and attempt >= self.attempts) or (
+                        spent >= self.retry_budget
+                    ):
+                        raise StorageError(
+                            f"{what} failed after {attempt} attempt(s) in {spent:.1f} s: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
+                    log.warning(
+                        "transient error in %s (attempt %d): %s",
+                        what,
+                        attempt,
+                        exc,
+                        extra={"operation": what, "attempt": attempt},
+                    )
+                    if not probing:
+                        probing = recovery.start()
+                        if not probing:
+                            continue  # another call is probing: wait for it
+                    if self.retry_delay:
+                        ceiling = min(MAX_BACKOFF, self.retry_delay * 2 ** (attempt - 1))
+                        wait = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+                        await pause(min(wait, max(0.0, self.retry_budget - spent)))
+        finally:
+            if probing:
+                recovery.finish()
+
+    async def _wait_for_probe(
+        self, recovery: _Recovery, what: str, started: float | None
+    ) -> float | None:
+        """Wait (within this call's budget) while another call probes a failure; returns
+        when this call's budget started counting (the first wait or failure)."""
+        probe = recovery.probe()
+        if probe is None:
+            return started
+        now = monotonic()
+        started = now if started is None else started
+        remaining = self.retry_budget - (now - started)
+        try:
+            await asyncio.wait_for(asyncio.shield(probe), timeout=max(0.0, remaining))
+        except TimeoutError:
+            raise StorageError(
+                f"{what} failed: the database stayed unavailable for {self.retry_budget:.1f} s "
+                "while another call retried"
+            ) from None
+        return started
 
     # -- balances -------------------------------------------------------------------
 

@@ -161,7 +161,14 @@ def pytest_sessionfinish() -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Report the backend, and one line for each suite that claims a size: the model test,
     the fault matrix, the bad-input table and the query lint."""
-    from tests import test_faults, test_hostile, test_model, test_querylint, test_simulate
+    from tests import (
+        test_faults,
+        test_hostile,
+        test_kill_and_cut,
+        test_model,
+        test_querylint,
+        test_simulate,
+    )
 
     def failed(path: str) -> int:
         return sum(1 for r in terminalreporter.stats.get("failed", []) if path in r.nodeid)
@@ -193,6 +200,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"(profile {os.environ.get('HYPOTHESIS_PROFILE', 'dev')}), "
             f"{failed('tests/test_simulate.py::test_simulated_equals')} violations"
         )
+    for line in test_kill_and_cut.SUMMARY:
+        terminalreporter.write_line(line)
     if test_querylint.LINTED:
         terminalreporter.write_line(
             f"query lint: {sum(test_querylint.LINTED)} calls of {len(test_querylint.LINTED)} "
