@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from bson import ObjectId
 
@@ -83,6 +84,26 @@ Decide = Callable[[S.Record], Change | None]
 """Given the record as read, the change to make, or None (nothing to write)."""
 
 
+class Observer(Protocol):
+    """Told of each committed change, once, and of each lost compare-and-swap
+    (`_observe.Observer` turns them into events and metrics)."""
+
+    def committed(
+        self,
+        tiers: TieredPolicy,
+        what: str,
+        record: S.Record,
+        change: Change,
+        row_id: ObjectId | None,
+    ) -> None: ...
+
+    def retried(self, what: str, user: UserId, attempt: int) -> None: ...
+
+    def charged(
+        self, tiers: TieredPolicy, record: S.Record, amount: Credits, at: datetime
+    ) -> None: ...
+
+
 class Engine:
     """The store, the policy as tiers, the clock and the id rule, shared by the hot path,
     the admin operations and the sweep; and the commit loop they all use."""
@@ -101,7 +122,10 @@ class Engine:
         user_ids: UserIdMode,
         request_window: int = S.RECENT_WINDOW,
         retry_budget: float = RETRY_BUDGET,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer
+        """Events and metrics (None: the host asked for neither)."""
         self.tiers: TieredPolicy = as_tiered(policy)
         self.request_window = check_limit(request_window, what="request_window", low=1, high=10_000)
         self.store = Store(
@@ -297,20 +321,30 @@ class Engine:
         self, what: str, read: Callable[[], Awaitable[S.Record]], decide: Decide
     ) -> Committed:
         """read -> decide -> compare-and-swap, retried on lost races; see the module doc."""
-        mine: list[tuple[ObjectId, Change]] = []
+        mine: list[tuple[ObjectId, Change, S.Record]] = []
         for _ in range(self.max_attempts):
             record = await read()
-            for op_id, landed in mine:
+            for op_id, landed, decided_on in mine:
                 if op_id in record.recent_ops:  # ours landed; its reply was lost
+                    self._committed(what, decided_on, landed, op_id)
                     return Committed(self.as_left(record, landed), landed)
             change = decide(record)
             if change is None:
                 return Committed(record, None)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s for user %r: writing (refill %s, tier change %s)",
+                    what, record.user, change.refilled, change.tier_changed,
+                    extra={"user": record.user, "operation": what,
+                           "policy_version": (change.row or {}).get("policyVersion")},
+                )  # fmt: skip
             op_id = ObjectId()  # made only for a write: the hot path without one skips it
             after = await self._swap(what, record, change, op_id)
             if after is not None:
                 return Committed(after, change)
-            mine.append((op_id, change))
+            mine.append((op_id, change, record))
+            if self.observer is not None:
+                self.observer.retried(what, record.user, len(mine))
         raise ContentionError(f"{what} lost {self.max_attempts} races in a row")
 
     @staticmethod
@@ -337,7 +371,16 @@ class Engine:
             S.cas_filter(record, with_pending=self.ledger is not None),
             self._marked(record, change, op_id),
         )
-        return None if raw is None else await self.settled(S.parse(raw))
+        if raw is None:
+            return None
+        self._committed(what, record, change, op_id)  # before its row: that can be settled later
+        return await self.settled(S.parse(raw))
+
+    def _committed(self, what: str, record: S.Record, change: Change, op_id: ObjectId) -> None:
+        """Tell the observer, once per committed change."""
+        if self.observer is not None:
+            row_id = op_id if self.ledger is not None and change.row is not None else None
+            self.observer.committed(self.tiers, what, record, change, row_id)
 
     async def commit_many(
         self, what: str, planned: Sequence[tuple[S.Record, Change, ObjectId]]
@@ -362,6 +405,8 @@ class Engine:
             )
             landed_ops = {op for d in landed for op in d.get(S.RECENT_OPS) or ()}
             applied = [p for p in planned if p[2] in landed_ops]
+        for rec, ch, op in applied:
+            self._committed(what, rec, ch, op)
         await self.settle(
             [(rec.id, rec.user, {"_id": op, **ch.row}) for rec, ch, op in applied if ch.row]
         )

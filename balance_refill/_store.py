@@ -95,6 +95,14 @@ class AsyncCollection(Protocol):
     ) -> Awaitable[AsyncIterable[Document]] | AsyncIterable[Document]: ...
 
 
+class CallObserver(Protocol):
+    """Told of every driver call and of every call that failed for good (metrics)."""
+
+    def db_call(self, what: str) -> None: ...
+
+    def storage_error(self, what: str) -> None: ...
+
+
 class DuplicateKey(Exception):
     """A unique index refused a write (internal signal)."""
 
@@ -161,19 +169,25 @@ class Store:
         self.retry_delay = max(0.0, retry_delay)
         self.retry_budget = max(0.0, retry_budget)
         self._bulk = True  # False once the collection showed mongomock's bulk_write mismatch
+        self.observer: CallObserver | None = None
 
     async def run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run one idempotent call, retrying transient errors; wrap the driver's others."""
         attempt = 0
         started: float | None = None
+        observer = self.observer
         while True:
             attempt += 1
+            if observer is not None:
+                observer.db_call(what)
             try:
                 return await call()
             except DuplicateKeyError as exc:
                 raise DuplicateKey(str(exc)) from exc
             except PyMongoError as exc:
                 if not _is_transient(exc):
+                    if observer is not None:
+                        observer.storage_error(what)
                     raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
                 now = monotonic()
                 if started is None:
@@ -182,6 +196,8 @@ class Store:
                 if (self.attempts is not None and attempt >= self.attempts) or (
                     spent >= self.retry_budget
                 ):
+                    if observer is not None:
+                        observer.storage_error(what)
                     raise StorageError(
                         f"{what} failed after {attempt} attempt(s) in {spent:.1f} s: "
                         f"{type(exc).__name__}: {exc}"

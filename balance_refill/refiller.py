@@ -12,11 +12,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from bson import ObjectId
 
 from . import _schema as S
 from ._engine import Change, Clock, Engine
+from ._observe import EVENT_TIMEOUT, MAX_PENDING, Dispatcher, Observer
 from ._store import RETRY_BUDGET, AsyncCollection, Store
 from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, check_text
 from .admin import Admin, LedgerRow
@@ -28,9 +30,13 @@ from .decide import (
     spend_outcome,
 )
 from .errors import DuplicateBalances, IdempotencyConflict
+from .events import OnEvent
 from .policy import AnyPolicy
 from .state import BalanceState
 from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,12 @@ class BalanceRefiller:
     connection pool) are retried with exponential backoff from `retry_delay` seconds
     and full jitter for up to `retry_budget` seconds per call (`retry_attempts` caps
     the tries too); then the call raises `StorageError`.
+
+    `on_event` is a sync or async callable, or a list of them, given each event of
+    `balance_refill.events` after its write committed (`refiller.events` delivers them:
+    async callbacks run as tasks, cancelled after `event_timeout` seconds, at most
+    `max_pending` at once). `metrics` (`balance_refill.metrics.Metrics`, the `otel`
+    extra) records OpenTelemetry metrics. Without either the hot path pays nothing.
     """
 
     def __init__(
@@ -65,8 +77,15 @@ class BalanceRefiller:
         retry_budget: float = RETRY_BUDGET,
         request_window: int = S.RECENT_WINDOW,
         user_ids: UserIdMode = "auto",
+        on_event: OnEvent | None = None,
+        metrics: Metrics | None = None,
+        event_timeout: float = EVENT_TIMEOUT,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.policy = policy
+        self.events = Dispatcher(on_event, timeout=event_timeout, max_pending=max_pending)
+        """Delivers events to `on_event` (`stats`; `await drain()` before shutting down)."""
+        observer = Observer.build(self.events, metrics)
         self._engine = Engine(
             balances,
             policy,
@@ -79,7 +98,12 @@ class BalanceRefiller:
             retry_budget=retry_budget,
             request_window=request_window,
             user_ids=user_ids,
+            observer=observer,
         )
+        if observer is not None:
+            if metrics is not None:
+                self._engine.store.observer = observer
+            observer.instrument(self)
         self.admin = Admin(self._engine)
         """The admin operations (`grant`, `set_balance`, `set_tier`, `set_auto_refill`,
         `refill_now`, `history`); also callable on the refiller itself."""
@@ -164,6 +188,8 @@ class BalanceRefiller:
 
         done = await engine.commit("refill", read, decide)
         if outcome is SpendOutcome.CHARGED:  # the one call charged: the record is from before
+            if engine.observer is not None:
+                engine.observer.charged(engine.tiers, done.record, amount, now)
             return engine.state(done.record, now, done.change, charged=amount)
         if outcome is SpendOutcome.INSUFFICIENT and not (done.change and done.change.charged):
             raise engine.refused(done.record, amount, now)
