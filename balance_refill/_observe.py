@@ -78,7 +78,9 @@ class DeliveryStats:
 def _callbacks(on_event: OnEvent | None) -> tuple[Callback, ...]:
     if on_event is None:
         return ()
-    found = (on_event,) if callable(on_event) else tuple(on_event)
+    if callable(on_event):
+        return (on_event,)
+    found = tuple(on_event) if isinstance(on_event, list | tuple) else (on_event,)
     for callback in found:
         if not callable(callback):
             raise ConfigurationError(

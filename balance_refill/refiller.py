@@ -85,7 +85,9 @@ class BalanceRefiller:
         self.policy = policy
         self.events = Dispatcher(on_event, timeout=event_timeout, max_pending=max_pending)
         """Delivers events to `on_event` (`stats`; `await drain()` before shutting down)."""
-        observer = Observer.build(self.events, metrics)
+        self.observer = observer = Observer.build(self.events, metrics)
+        """Turns commits into events and metrics (None without `on_event` and `metrics`);
+        its `policy_activated` is the policy store's hook."""
         self._engine = Engine(
             balances,
             policy,
