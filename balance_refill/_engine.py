@@ -267,6 +267,10 @@ class Engine:
 
     def refused(self, record: S.Record, amount: Credits, now: datetime) -> InsufficientCredits:
         """The error for a spend the available balance does not cover."""
+        log.debug(
+            "user %r: refused, the available balance does not cover the amount", record.user,
+            extra={"user": record.user, "operation": "refuse"},
+        )  # fmt: skip
         return InsufficientCredits(
             record.user,
             balance=record.state.available,
@@ -294,7 +298,10 @@ class Engine:
                 before = await self.store.upsert_before(S.by_user(user), update)
             except DuplicateKey:
                 # Two first requests raced: the other one created the document.
-                log.debug("first-seen race for %r; reading again", user)
+                log.debug(
+                    "first-seen race for %r; reading again", user,
+                    extra={"user": user, "operation": "read-or-create"},
+                )  # fmt: skip
                 continue
             if before is not None and before.get(S.AUTO) is True:
                 switched_off(user)
@@ -421,7 +428,10 @@ class Engine:
         if len(pending) == 1:
             doc_id, user, row = pending[0]
             if not await store.insert_row(self.ledger, row):
-                log.info("ledger row %s already existed; clearing its marker", row["_id"])
+                log.info(
+                    "ledger row %s already existed; clearing its marker", row["_id"],
+                    extra={"user": user, "operation": "settle"},
+                )  # fmt: skip
             await store.update_balance(
                 "clear pending ledger marker",
                 S.clear_pending_filter(doc_id, user, row["_id"]),
@@ -464,4 +474,5 @@ def switched_off(user: object) -> None:
         "user %r: LibreChat's autoRefillEnabled was true on a document this library manages; "
         "switched it off (set balance.autoRefillEnabled: false in librechat.yaml)",
         user,
+        extra={"user": user, "operation": "switch off LibreChat refill"},
     )

@@ -380,21 +380,19 @@ class Observer:
             try:
                 state = await inner(*args, **kwargs)
             except InsufficientCredits as exc:
-                self.refused(exc)
-                raise
-            if metrics is not None:
-                metrics.record_spend(refused=False)
-            return state
+                refused = exc
+            else:
+                if metrics is not None:
+                    metrics.record_spend(refused=False)
+                return state
+            self.refused(refused)  # outside the handler: a callback's error chains nothing
+            raise refused
 
         return cast(F, spend)
 
     def refused(self, exc: InsufficientCredits) -> None:
         """A spend was refused for lack of credits."""
         user = cast(UserId, exc.user_id)
-        log.debug(
-            "spend refused for user %r: not enough credits", user,
-            extra={"user": user, "operation": "spend"},
-        )  # fmt: skip
         if self.metrics is not None:
             self.metrics.record_spend(refused=True)
         if self.dispatcher:

@@ -493,3 +493,35 @@ def test_no_observer_without_events_or_metrics(make_refiller: Make) -> None:
     refiller = make_refiller()
     assert refiller.observer is None
     assert "spend" not in vars(refiller)
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+async def test_decisions_are_logged_at_debug_and_no_amount_at_warning(
+    make_refiller: Make, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With DEBUG on, the refill written, the change committed and the refusal are logged
+    with `user`, `operation` (and `policy_version` where it applies); the records at
+    WARNING and above (a failing callback's, here) never show an amount."""
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("host bug")
+
+    caplog.set_level("DEBUG", logger="balance_refill")
+    refiller = make_refiller(policy=POLICY, on_event=broken)
+    await refiller.spend("u", 12_345)
+    clock.advance(DUE)
+    await refiller.ensure_balance("u")
+    with pytest.raises(InsufficientCredits):
+        await refiller.spend("u", 987_654)
+    debug = [r for r in caplog.records if r.levelname == "DEBUG"]
+    operations = {(getattr(r, "user", None), getattr(r, "operation", None)) for r in debug}
+    assert {("u", "refill"), ("u", "refuse")} <= operations
+    assert any(hasattr(r, "policy_version") for r in debug)
+    loud = [r for r in caplog.records if r.levelno >= 30]
+    assert loud, "the failing callback was not logged"
+    for record in loud:
+        text = record.getMessage() + (record.exc_text or "")
+        for amount in ("12345", "12,345", "987654", "7655", "987,654"):
+            assert amount not in text
