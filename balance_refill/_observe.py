@@ -286,9 +286,10 @@ class Observer:
 
     def charged(self, tiers: TieredPolicy, record: S.Record, amount: Credits, at: datetime) -> None:
         """A spend of `amount` was charged on `record` (read just before the charge)."""
-        if self.dispatcher:
-            state = record.state._replace(balance=record.state.balance - amount)
-            self._low(tiers, record.user, record.state.balance, state, operation="spend", at=at)
+        state = record.state
+        if self.dispatcher and tiers.tiers[assigned_tier(tiers, state)].low_balance is not None:
+            after = state._replace(balance=state.balance - amount)  # a spend keeps the tier
+            self._low(tiers, record.user, state.balance, after, operation="spend", at=at)
 
     def _low(
         self,

@@ -192,3 +192,26 @@ class _NoUpdates:
 def refused_collections() -> None:
     BalanceRefiller(_NoUpdates(), POLICY)  # type: ignore[arg-type]  # the protocol is checked
     BalanceRefiller({"balances": []}, POLICY)  # type: ignore[arg-type]  # not a collection
+
+
+async def observed(db: Any) -> None:
+    """`on_event` takes a sync or async callable or a list; `metrics` a `Metrics`."""
+    from balance_refill.events import Event, LowBalance, Refilled
+    from balance_refill.metrics import Metrics
+
+    def sync(event: Event) -> None:
+        if isinstance(event, Refilled):
+            assert_type(event.granted, int | float)
+            assert_type(event.policy_version, int | None)
+
+    async def notify(event: Event) -> None:
+        if isinstance(event, LowBalance):
+            assert_type(event.level, int | float)
+
+    BalanceRefiller(db["balances"], POLICY, on_event=sync)
+    refiller = BalanceRefiller(db["balances"], POLICY, on_event=[sync, notify], metrics=Metrics())
+    await refiller.events.drain()
+    delivered: int = refiller.events.stats.delivered
+    del delivered
+    BalanceRefiller(db["balances"], POLICY, on_event=lambda e, x: None)  # type: ignore[arg-type]  # one argument
+    BalanceRefiller(db["balances"], POLICY, metrics=object())  # type: ignore[arg-type]  # a Metrics
