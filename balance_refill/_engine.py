@@ -103,6 +103,10 @@ class Observer(Protocol):
         self, tiers: TieredPolicy, record: S.Record, amount: Credits, at: datetime
     ) -> None: ...
 
+    def policy_activated(
+        self, version: int, *, previous: int | None, actor: str, reason: str, at: datetime
+    ) -> None: ...
+
 
 class Engine:
     """The store, the policy as tiers, the clock and the id rule, shared by the hot path,
