@@ -3,7 +3,6 @@ after a scripted scenario: 3 refills, 2 refusals, 1 grant, 1 sweep."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -19,11 +18,11 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
     Sum,
 )
-from pymongo.errors import OperationFailure
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy, StorageError
 from balance_refill.metrics import Metrics
-from balance_refill.testing import CallLog, FakeClock
+from balance_refill.testing import Call, CallLog, FakeClock
 
 from .conftest import START
 
@@ -156,27 +155,38 @@ async def test_metrics_after_a_scripted_scenario(
 
 
 async def test_contention_retries_and_storage_errors_are_counted(
-    make_refiller: Make, make_racing: Make, clock: FakeClock, log: CallLog, otel: Otel
+    make_refiller: Make, clock: FakeClock, log: CallLog, otel: Otel
 ) -> None:
-    """A race counts its retries by operation; a call that fails for good counts one
-    storage error named by the call, and a dry-run sweep sets no last-success time."""
+    """A compare-and-swap whose reply was lost is retried: one retry counted by
+    operation; a call that fails for good counts one storage error named by the call; a
+    dry-run sweep sets no last-success time."""
     provider, reader = otel
-    metrics = Metrics(provider)
     policy = RefillPolicy(amount=10_000, interval="30d", start_balance=20_000)
-    racing = make_racing(policy, metrics=metrics)
-    await racing.spend("u", 15_000)
+    refiller = make_refiller(policy=policy, metrics=Metrics(provider))
+    await refiller.spend("u", 15_000)
     clock.advance(DUE)
-    await asyncio.gather(*(racing.ensure_balance("u") for _ in range(20)))
-    failing = make_refiller(policy=policy, metrics=metrics)
+    lost: list[int] = []
+
+    def lose(call: Call, index: int) -> BaseException | None:
+        update = call.args[1] if len(call.args) > 1 else None
+        if isinstance(update, dict) and "recentOps" in update.get("$push", {}) and not lost:
+            lost.append(index)
+            return AutoReconnect("reply lost")
+        return None
+
+    log.fail_after = lose
+    assert (await refiller.ensure_balance("u")).refilled
+    assert lost
+    log.fail_after = None
     log.fail_before = lambda call, i: OperationFailure("down")
     with pytest.raises(StorageError):
-        await failing.ensure_balance("v")
+        await refiller.ensure_balance("v")
     log.fail_before = None
-    await failing.sweep(dry_run=True)
+    await refiller.sweep(dry_run=True)
     got = read(reader)
-    [(key, retries)] = total(got["balance_refill.contention.retries"]).items()
-    assert key == (("balance_refill.operation", "refill"),)
-    assert retries >= 1
+    assert total(got["balance_refill.contention.retries"]) == {
+        (("balance_refill.operation", "refill"),): 1
+    }
     assert got["balance_refill.contention.retries"].unit == "{retry}"
     assert total(got["balance_refill.storage.errors"]) == {
         (("balance_refill.call", "read-or-create balance"),): 1
