@@ -231,7 +231,8 @@ async def test_a_retried_spend_gives_no_second_low_balance(make_refiller: Make) 
 
 
 async def test_low_balance_once_under_a_200_way_race(make_racing: Make) -> None:
-    """200 gathered spends each take 100: exactly one of them crosses the level."""
+    """200 gathered spends each take 100: exactly one of them crosses the level, and each
+    of the 50 the balance cannot cover gives one `Refused`."""
     seen = Collect()
     refiller = make_racing(POLICY, on_event=seen)
     await refiller.spend("u", 5_000)  # 15,000 left
@@ -242,6 +243,7 @@ async def test_low_balance_once_under_a_200_way_race(make_racing: Make) -> None:
     assert sum(isinstance(r, InsufficientCredits) for r in results) == 50
     assert (await refiller.get_state("u")).balance == 0
     assert len(seen.of(LowBalance)) == 1
+    assert len(seen.of(Refused)) == 50  # one per refused spend
 
 
 # -- AdminChange and TierChanged --------------------------------------------------------
