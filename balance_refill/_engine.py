@@ -104,6 +104,30 @@ class PolicySource(Protocol):
 DEFAULT_POLICY_REFRESH = timedelta(seconds=30)
 
 
+class Observer(Protocol):
+    """Told of each committed change, once, and of each lost compare-and-swap
+    (`_observe.Observer` turns them into events and metrics)."""
+
+    def committed(
+        self,
+        tiers: TieredPolicy,
+        what: str,
+        record: S.Record,
+        change: Change,
+        row_id: ObjectId | None,
+    ) -> None: ...
+
+    def retried(self, what: str, user: UserId, attempt: int) -> None: ...
+
+    def charged(
+        self, tiers: TieredPolicy, record: S.Record, amount: Credits, at: datetime
+    ) -> None: ...
+
+    def policy_activated(
+        self, version: int, *, previous: int | None, actor: str, reason: str, at: datetime
+    ) -> None: ...
+
+
 class Engine:
     """The store, the policy as tiers, the clock and the id rule, shared by the hot path,
     the admin operations and the sweep; and the commit loop they all use.
@@ -130,7 +154,10 @@ class Engine:
         request_window: int = S.RECENT_WINDOW,
         retry_budget: float = RETRY_BUDGET,
         policy_refresh: timedelta = DEFAULT_POLICY_REFRESH,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer
+        """Events and metrics (None: the host asked for neither)."""
         self.tiers: TieredPolicy
         self.policy: AnyPolicy
         self.policy_version: int | None = None
@@ -197,14 +224,39 @@ class Engine:
             self._loaded_at = now
             self._stale_logged = False
             if version != self.policy_version:
+                previous = self.policy_version
+                self.use(policy, version)
                 if not first:
                     log.info(
                         "policy version %s is now active (was %s)",
                         version,
-                        self.policy_version,
+                        previous,
                         extra={"policy_version": version},
                     )
-                self.use(policy, version)
+                    await self._activated(version, previous, now)
+
+    async def _activated(self, version: int, previous: int | None, now: datetime) -> None:
+        """Tell the observer this process now decides with `version`, with who activated
+        it and why when the source keeps an activation history (one more read, only on a
+        change and only with an observer)."""
+        if self.observer is None:
+            return
+        actor, reason, at = "unknown", "", now
+        history = getattr(self.source, "activations", None)
+        if callable(history):
+            try:
+                for activation in await history(10):
+                    if getattr(activation, "version", None) == version:
+                        actor = str(getattr(activation, "actor", actor))
+                        reason = str(getattr(activation, "reason", reason))
+                        when = getattr(activation, "at", None)
+                        at = when if isinstance(when, datetime) else now
+                        break
+            except BalanceRefillError as exc:
+                log.info("cannot read who activated policy version %s: %s", version, exc)
+        self.observer.policy_activated(
+            version, previous=previous, actor=actor, reason=reason, at=at
+        )
 
     # -- shared helpers -------------------------------------------------------------------
 
@@ -338,6 +390,10 @@ class Engine:
 
     def refused(self, record: S.Record, amount: Credits, now: datetime) -> InsufficientCredits:
         """The error for a spend the available balance does not cover."""
+        log.debug(
+            "user %r: refused, the available balance does not cover the amount", record.user,
+            extra={"user": record.user, "operation": "refuse"},
+        )  # fmt: skip
         return InsufficientCredits(
             record.user,
             balance=record.state.available,
@@ -365,7 +421,10 @@ class Engine:
                 before = await self.store.upsert_before(S.by_user(user), update)
             except DuplicateKey:
                 # Two first requests raced: the other one created the document.
-                log.debug("first-seen race for %r; reading again", user)
+                log.debug(
+                    "first-seen race for %r; reading again", user,
+                    extra={"user": user, "operation": "read-or-create"},
+                )  # fmt: skip
                 continue
             if before is not None and before.get(S.AUTO) is True:
                 switched_off(user)
@@ -392,22 +451,32 @@ class Engine:
         self, what: str, read: Callable[[], Awaitable[S.Record]], decide: Decide
     ) -> Committed:
         """read -> decide -> compare-and-swap, retried on lost races; see the module doc."""
-        mine: list[tuple[ObjectId, Change]] = []
+        mine: list[tuple[ObjectId, Change, S.Record]] = []
         for _ in range(self.max_attempts):
             record = await read()
-            for op_id, landed in mine:
+            for op_id, landed, decided_on in mine:
                 if op_id in record.recent_ops:  # ours landed; its reply was lost
+                    self._committed(what, decided_on, landed, op_id)
                     return Committed(self.as_left(record, landed), landed)
             change = decide(record)
             if change is None:
                 return Committed(record, None)
             if self.policy_version is not None and change.policy_version is None:
                 change = dataclasses.replace(change, policy_version=self.policy_version)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s for user %r: writing (refill %s, tier change %s)",
+                    what, record.user, change.refilled, change.tier_changed,
+                    extra={"user": record.user, "operation": what,
+                           "policy_version": change.policy_version},
+                )  # fmt: skip
             op_id = ObjectId()  # made only for a write: the hot path without one skips it
             after = await self._swap(what, record, change, op_id)
             if after is not None:
                 return Committed(after, change)
-            mine.append((op_id, change))
+            mine.append((op_id, change, record))
+            if self.observer is not None:
+                self.observer.retried(what, record.user, len(mine))
         raise ContentionError(f"{what} lost {self.max_attempts} races in a row")
 
     @staticmethod
@@ -437,7 +506,16 @@ class Engine:
             S.cas_filter(record, with_pending=self.ledger is not None),
             self._marked(record, change, op_id),
         )
-        return None if raw is None else await self.settled(S.parse(raw))
+        if raw is None:
+            return None
+        self._committed(what, record, change, op_id)  # before its row: that can be settled later
+        return await self.settled(S.parse(raw))
+
+    def _committed(self, what: str, record: S.Record, change: Change, op_id: ObjectId) -> None:
+        """Tell the observer, once per committed change."""
+        if self.observer is not None:
+            row_id = op_id if self.ledger is not None and change.row is not None else None
+            self.observer.committed(self.tiers, what, record, change, row_id)
 
     async def commit_many(
         self, what: str, planned: Sequence[tuple[S.Record, Change, ObjectId]]
@@ -462,6 +540,8 @@ class Engine:
             )
             landed_ops = {op for d in landed for op in d.get(S.RECENT_OPS) or ()}
             applied = [p for p in planned if p[2] in landed_ops]
+        for rec, ch, op in applied:
+            self._committed(what, rec, ch, op)
         rows = [(rec, self._row(ch), op) for rec, ch, op in applied]
         await self.settle([(rec.id, rec.user, {"_id": op, **row}) for rec, row, op in rows if row])
         return applied, failed
@@ -475,7 +555,10 @@ class Engine:
         if len(pending) == 1:
             doc_id, user, row = pending[0]
             if not await store.insert_row(self.ledger, row):
-                log.info("ledger row %s already existed; clearing its marker", row["_id"])
+                log.info(
+                    "ledger row %s already existed; clearing its marker", row["_id"],
+                    extra={"user": user, "operation": "settle"},
+                )  # fmt: skip
             await store.update_balance(
                 "clear pending ledger marker",
                 S.clear_pending_filter(doc_id, user, row["_id"]),
@@ -523,4 +606,5 @@ def switched_off(user: object) -> None:
         "user %r: LibreChat's autoRefillEnabled was true on a document this library manages; "
         "switched it off (set balance.autoRefillEnabled: false in librechat.yaml)",
         user,
+        extra={"user": user, "operation": "switch off LibreChat refill"},
     )

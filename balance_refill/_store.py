@@ -98,6 +98,14 @@ class AsyncCollection(Protocol):
     ) -> Awaitable[AsyncIterable[Document]] | AsyncIterable[Document]: ...
 
 
+class CallObserver(Protocol):
+    """Told of every driver call and of every call that failed for good (metrics)."""
+
+    def db_call(self, what: str) -> None: ...
+
+    def storage_error(self, what: str) -> None: ...
+
+
 class DuplicateKey(Exception):
     """A unique index refused a write (internal signal)."""
 
@@ -211,6 +219,7 @@ class Store:
         self.retry_budget = max(0.0, retry_budget)
         self._bulk = True  # False once the collection showed mongomock's bulk_write mismatch
         self._recovery: _Recovery | None = None
+        self.observer: CallObserver | None = None
 
     async def run(self, what: str, call: Callable[[], Awaitable[T]]) -> T:  # noqa: PLR0912 - the one retry loop, kept whole
         """Run one idempotent call, retrying transient errors; wrap the driver's others.
@@ -226,17 +235,22 @@ class Store:
         attempt = 0
         started: float | None = None
         probing = False
+        observer = self.observer
         try:
             while True:
                 if not probing:
                     started = await self._wait_for_probe(recovery, what, started)
                 attempt += 1
+                if observer is not None:
+                    observer.db_call(what)
                 try:
                     return await call()
                 except DuplicateKeyError as exc:
                     raise DuplicateKey(str(exc)) from exc
                 except PyMongoError as exc:
                     if not _is_transient(exc):
+                        if observer is not None:
+                            observer.storage_error(what)
                         raise StorageError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
                     now = monotonic()
                     if started is None:
@@ -245,6 +259,8 @@ class Store:
                     if (self.attempts is not None and attempt >= self.attempts) or (
                         spent >= self.retry_budget
                     ):
+                        if observer is not None:
+                            observer.storage_error(what)
                         raise StorageError(
                             f"{what} failed after {attempt} attempt(s) in {spent:.1f} s: "
                             f"{type(exc).__name__}: {exc}"

@@ -94,6 +94,8 @@ class RefillPolicy(BaseModel):
     start_balance: Credits = 0
     auto_refill: StrictBool = True
     adaptive: AdaptiveAmount | None = None
+    low_balance: Credits | None = None
+    """Below this balance a `LowBalance` event is sent (once per crossing); None: never."""
 
     @model_validator(mode="before")
     @classmethod
@@ -173,6 +175,7 @@ class RefillPolicy(BaseModel):
             "start_balance": self.start_balance,
             "auto_refill": self.auto_refill,
             "adaptive": None if self.adaptive is None else self.adaptive.model_dump(),
+            "low_balance": self.low_balance,
         }
 
     @classmethod

@@ -12,11 +12,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from bson import ObjectId
 
 from . import _schema as S
 from ._engine import DEFAULT_POLICY_REFRESH, Change, Clock, Engine, PolicySource
+from ._observe import EVENT_TIMEOUT, MAX_PENDING, Dispatcher, Observer
 from ._store import RETRY_BUDGET, AsyncCollection, Store
 from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, check_text
 from .admin import Admin, LedgerRow
@@ -29,9 +31,13 @@ from .decide import (
 )
 from .directory import Directory
 from .errors import ConfigurationError, DuplicateBalances, IdempotencyConflict
+from .events import OnEvent
 from .policy import AnyPolicy
 from .state import BalanceState
 from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,12 @@ class BalanceRefiller:
     connection pool) are retried with exponential backoff from `retry_delay` seconds
     and full jitter for up to `retry_budget` seconds per call (`retry_attempts` caps
     the tries too); then the call raises `StorageError`.
+
+    `on_event` is a sync or async callable, or a list of them, given each event of
+    `balance_refill.events` after its write committed (`refiller.events` delivers them:
+    async callbacks run as tasks, cancelled after `event_timeout` seconds, at most
+    `max_pending` at once). `metrics` (`balance_refill.metrics.Metrics`, the `otel`
+    extra) records OpenTelemetry metrics. Without either the hot path pays nothing.
     """
 
     def __init__(
@@ -74,7 +86,16 @@ class BalanceRefiller:
         request_window: int = S.RECENT_WINDOW,
         user_ids: UserIdMode = "auto",
         policy_refresh: timedelta = DEFAULT_POLICY_REFRESH,
+        on_event: OnEvent | None = None,
+        metrics: Metrics | None = None,
+        event_timeout: float = EVENT_TIMEOUT,
+        max_pending: int = MAX_PENDING,
     ) -> None:
+        self.events = Dispatcher(on_event, timeout=event_timeout, max_pending=max_pending)
+        """Delivers events to `on_event` (`stats`; `await drain()` before shutting down)."""
+        self.observer = observer = Observer.build(self.events, metrics)
+        """Turns commits into events and metrics (None without `on_event` and `metrics`);
+        its `policy_activated` is the policy store's hook."""
         self._engine = Engine(
             balances,
             policy,
@@ -88,7 +109,12 @@ class BalanceRefiller:
             request_window=request_window,
             user_ids=user_ids,
             policy_refresh=policy_refresh,
+            observer=observer,
         )
+        if observer is not None:
+            if metrics is not None:
+                self._engine.store.observer = observer
+            observer.instrument(self)
         self.admin = Admin(self._engine)
         """The admin operations (`grant`, `set_balance`, `set_tier`, `set_auto_refill`,
         `refill_now`, `history`); also callable on the refiller itself."""
@@ -199,6 +225,8 @@ class BalanceRefiller:
 
         done = await engine.commit("refill", read, decide)
         if outcome is SpendOutcome.CHARGED:  # the one call charged: the record is from before
+            if engine.observer is not None:
+                engine.observer.charged(engine.tiers, done.record, amount, now)
             return engine.state(done.record, now, done.change, charged=amount)
         if outcome is SpendOutcome.INSUFFICIENT and not (done.change and done.change.charged):
             raise engine.refused(done.record, amount, now)

@@ -292,7 +292,10 @@ class Sweep:
                 await lease.renew()
             if self.progress is not None:
                 self.progress(tally.scanned, total)
-            log.info("sweep: %d/%d scanned, %d refilled", tally.scanned, total, tally.refilled)
+            log.info(
+                "sweep: %d/%d scanned, %d refilled", tally.scanned, total, tally.refilled,
+                extra={"operation": "sweep"},
+            )  # fmt: skip
             if len(docs) < size:
                 return
 

@@ -7,6 +7,9 @@
     bare driver calls the library sends: its own calls, recorded by `RecordingCollection`
     on a twin collection before the timing starts and replayed with the same arguments.
     The ratio is what the library adds on top of one round trip of the mock.
+(c) Observability on the stub: `ensure_balance` and `spend` with no callback, with a
+    no-op `on_event` callback, and with OpenTelemetry metrics on (the SDK with an
+    in-memory reader), batches interleaved; the ratios are to no callback.
 `--profile` runs (a) under cProfile and prints the functions that cost the most.
 """
 
@@ -19,12 +22,17 @@ import pstats
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import count
 from typing import Any, cast
 
 from bson import ObjectId, tz_util
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from balance_refill import BalanceRefiller
+from balance_refill.events import Event
+from balance_refill.metrics import Metrics
 from balance_refill.testing import CallLog, RecordingCollection
 
 from .common import Section, librechat_doc, librechat_policy, median, mock_db, ratio
@@ -98,6 +106,63 @@ def stub_steps() -> dict[str, Step]:
         "stub call alone": lambda: stub.find_one_and_update({"user": user}, {}),
     }
     return steps
+
+
+OBSERVED = ("no callback", "no-op callback", "OpenTelemetry metrics")
+
+
+def spender(refiller: BalanceRefiller, user: ObjectId, ids: count[int]) -> Step:
+    return lambda: refiller.spend(user, 1_000, request_id=f"o-{next(ids)}")
+
+
+def observed_steps() -> tuple[dict[str, dict[str, Step]], Callable[[], None]]:
+    """operation -> variant -> step, each variant its own refiller on its own stub; and
+    a function that shuts the metrics' SDK provider down."""
+
+    def noop(event: Event) -> None:
+        return None
+
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    options: dict[str, dict[str, Any]] = {
+        "no callback": {},
+        "no-op callback": {"on_event": noop},
+        "OpenTelemetry metrics": {"metrics": Metrics(provider)},
+    }
+    steps: dict[str, dict[str, Step]] = {"ensure_balance": {}, "spend": {}}
+    ids = count()
+    for variant, extra in options.items():
+        user = ObjectId()
+        stub = StubCollection(steady_state_doc(user))
+        refiller = BalanceRefiller(
+            cast(Any, stub), librechat_policy(), ledger=cast(Any, stub), **extra
+        )
+        steps["ensure_balance"][variant] = partial(refiller.ensure_balance, user)
+        steps["spend"][variant] = spender(refiller, user, ids)
+    return steps, provider.shutdown
+
+
+async def observed(section: Section, *, batches: int, batch: int, warmup: int) -> None:
+    """(c): CPU per call of each variant, batches interleaved, and the ratios."""
+    steps, shutdown = observed_steps()
+    try:
+        for name, variants in steps.items():
+            samples: dict[str, list[float]] = {v: [] for v in variants}
+            for step in variants.values():
+                for _ in range(warmup):
+                    await step()
+            for _ in range(batches):
+                for variant, step in variants.items():
+                    samples[variant] += await time_per_call(step, batches=1, batch=batch, warmup=0)
+            base = median(samples["no callback"])
+            for variant in OBSERVED:
+                us = median(samples[variant])
+                section.add(f"observability: {name}, {variant}, CPU per call", us, "us")
+                if variant != "no callback":
+                    section.add(
+                        f"observability: {name}, {variant} / no callback", ratio(us, base), "x"
+                    )
+    finally:
+        shutdown()
 
 
 async def mock_pairs(calls: int) -> dict[str, tuple[Step, Step]]:
@@ -192,9 +257,12 @@ async def run(quick: bool = False, *, with_profile: bool = False) -> Section:
         section.add(f"mock: {name}, bare driver call", b, "us")
         r = ratio(o, b)
         section.add(f"mock: {name}, ours / bare", r, "x", f"<= {GOAL_RATIO:g}x", r <= GOAL_RATIO)
+    batches, batch, warmup = (10, 20, 100) if quick else (200, 100, 3_000)
+    await observed(section, batches=batches, batch=batch, warmup=warmup)
     section.notes.append(
         "stub: median of batches of calls after a warm-up; mock: median of interleaved "
-        "batches; the bare calls are the library's own, recorded and replayed."
+        "batches; the bare calls are the library's own, recorded and replayed; "
+        "observability: stub, the three variants' batches interleaved."
     )
     if with_profile:
         section.notes.append("cProfile (stub, ensure_balance + spend):")

@@ -12,6 +12,11 @@ mock that forgets everything when it stops. Then:
 Send the same `Idempotency-Key` again (a client's retry) and it is not charged twice. Out of
 credits, the answer is 402 with `balance`, `needed` and `next_refill_at`. Tests build the app
 on their own database and clock: `create_app(db, clock=FakeClock())` (tests/test_examples.py).
+
+Observability: `GET /metrics` serves the library's OpenTelemetry metrics in Prometheus'
+text format (`pip install opentelemetry-sdk opentelemetry-exporter-prometheus`), and a
+user whose balance falls below `low_balance` gets a (logged) email from an async event
+callback, which never holds up the request that caused it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 from pymongo import AsyncMongoClient
 
@@ -35,11 +43,25 @@ from balance_refill import (
     InsufficientCredits,
     RefillPolicy,
 )
+from balance_refill.events import Event, LowBalance
+from balance_refill.metrics import Metrics
 
-POLICY = RefillPolicy(amount=1_000, interval="1d", start_balance=1_000)
+POLICY = RefillPolicy(amount=1_000, interval="1d", start_balance=1_000, low_balance=200)
 PRICE_PER_WORD = 20  # credits; a real backend prices the model's expected tokens
 
 log = logging.getLogger(__name__)
+
+
+async def notify_low_balance(event: Event) -> None:
+    """The event callback: email a user whose balance fell below their tier's level.
+
+    It runs as a task after the spend committed, so a slow mail server delays no request;
+    here the "email" is a log line (a real one would `await` an email API)."""
+    if isinstance(event, LowBalance):
+        log.info(
+            "email to user %s: your balance is below %s credits; it refills daily",
+            event.user, event.level, extra={"user": event.user, "operation": "notify"},
+        )  # fmt: skip
 
 
 class Message(BaseModel):
@@ -126,11 +148,21 @@ def create_app(
 ) -> FastAPI:
     """The app on `database` (a test's), or on the one `connect()` opens at startup."""
 
+    # Metrics: the OpenTelemetry SDK, read by the Prometheus exporter into this app's own
+    # registry (served at /metrics below).
+    registry = CollectorRegistry()
+    meters = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with connect() if database is None else nullcontext(database) as db:
             refiller = BalanceRefiller(
-                db["balances"], policy, ledger=db["transactions"], clock=clock
+                db["balances"],
+                policy,
+                ledger=db["transactions"],
+                clock=clock,
+                on_event=notify_low_balance,
+                metrics=Metrics(meters),
             )
             try:
                 await refiller.ensure_indexes()
@@ -138,9 +170,16 @@ def create_app(
                 log.warning("%s", exc)
             app.state.refiller = refiller
             yield
+            await refiller.events.drain()  # let the last notifications finish
+        meters.shutdown()
 
     app = FastAPI(title="chat backend", lifespan=lifespan)
     app.include_router(router)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """The library's metrics in Prometheus' text format (put it behind your auth)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(InsufficientCredits)
     async def out_of_credits(request: Request, exc: InsufficientCredits) -> JSONResponse:

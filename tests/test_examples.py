@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect, InvalidOperation
 
@@ -173,6 +174,49 @@ async def test_a_storage_failure_is_503(db: Any, clock: FakeClock) -> None:
         response = await send(http, "alice", 200)
     assert response.status_code == 503
     assert response.json() == {"detail": "balance store unavailable; try again"}
+
+
+async def test_metrics_are_served_for_prometheus(http: httpx.AsyncClient) -> None:
+    """`/metrics` serves the library's counters and histograms in Prometheus' format."""
+    await http.post("/users/alice/login")
+    await send(http, "alice", 200)
+    await send(http, "alice", 5_000, key="m2")  # refused: 402
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (
+            sample.name,
+            sample.labels.get("balance_refill_operation"),
+            sample.labels.get("error_type") or None,
+        ): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    count = "balance_refill_operation_duration_seconds_count"
+    assert samples[("balance_refill_spends_total", None, None)] == 1
+    assert samples[("balance_refill_spends_refused_total", None, None)] == 1
+    assert samples[(count, "spend", None)] == 1
+    assert samples[(count, "spend", "InsufficientCredits")] == 1
+    assert samples[(count, "ensure_balance", None)] == 1
+
+
+async def test_a_low_balance_sends_one_email_without_holding_up_the_request(
+    db: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The message that takes alice below 200 credits logs one "email" to her from the
+    async callback; the messages after it, still below, send none."""
+    caplog.set_level("INFO", logger=fastapi_app.__name__)
+    app = create_app(db, clock=clock)
+    async with serve(app) as http:
+        await http.post("/users/alice/login")
+        assert (await send(http, "alice", 600, key="m1")).json()["balance"] == 400
+        assert (await send(http, "alice", 300, key="m2")).json()["balance"] == 100
+        assert (await send(http, "alice", 20, key="m3")).json()["balance"] == 80
+        await app.state.refiller.events.drain()
+    emails = [r for r in caplog.records if r.getMessage().startswith("email to user alice")]
+    assert len(emails) == 1
+    assert "below 200 credits" in emails[0].getMessage()
 
 
 async def test_the_module_app_uses_mongodb_uri_and_closes_its_client(

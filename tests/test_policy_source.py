@@ -132,3 +132,31 @@ async def test_a_fixed_policy_never_touches_a_source(db: Any, clock: FakeClock) 
     assert refiller.policy_version is None
     assert refiller.policy == V1
     assert [r async for r in db["transactions"].find({"policyVersion": {"$exists": True}})] == []
+
+
+async def test_a_refiller_on_a_policy_store_switches_and_says_so(db: Any, clock: FakeClock) -> None:
+    """On the real PolicyStore: activating version 2 reaches the refiller within the
+    refresh interval, its rows record version 2, and `PolicyActivated` arrives once with
+    the actor and reason of the activation."""
+    from balance_refill import PolicyStore
+    from balance_refill.events import Event, PolicyActivated
+
+    store = PolicyStore(db["balance_refill_policies"], clock=clock)
+    assert await store.push(V1, actor="ops", reason="launch") == 1
+    await store.activate(1, actor="ops", reason="launch")
+    seen: list[Event] = []
+    refiller = BalanceRefiller(
+        db["balances"], store, ledger=db["transactions"], clock=clock, on_event=seen.append
+    )
+    await refiller.ensure_balance("u")
+    assert await store.push(V2, actor="ann", reason="more for everyone") == 2
+    await store.activate(2, actor="ann", reason="more for everyone")
+    clock.advance(timedelta(days=2))
+    state = await refiller.ensure_balance("u")
+    assert (state.balance, refiller.policy_version) == (8_000, 2)
+    activated = [e for e in seen if isinstance(e, PolicyActivated)]
+    assert [(e.version, e.previous, e.actor, e.reason) for e in activated] == [
+        (2, 1, "ann", "more for everyone")
+    ]
+    [row] = [r async for r in db["transactions"].find({"context": "autoRefill"})]
+    assert row["policyVersion"] == 2

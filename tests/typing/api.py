@@ -244,3 +244,27 @@ def simulation() -> None:
     assert_type(simulator.report(), SimulationReport)
     simulate(POLICY, [("ann", start)], start=start, end=start)  # type: ignore[list-item]  # events are Demand or Login
     Demand("ann", start, "12")  # type: ignore[arg-type]  # credits are numbers
+
+
+async def observed(db: Any) -> None:
+    """`on_event` takes a sync or async callable or a list; `metrics` a `Metrics`."""
+    from balance_refill.events import Event as Observed
+    from balance_refill.events import LowBalance, Refilled
+    from balance_refill.metrics import Metrics
+
+    def sync(event: Observed) -> None:
+        if isinstance(event, Refilled):
+            assert_type(event.granted, int | float)
+            assert_type(event.policy_version, int | None)
+
+    async def notify(event: Observed) -> None:
+        if isinstance(event, LowBalance):
+            assert_type(event.level, int | float)
+
+    BalanceRefiller(db["balances"], POLICY, on_event=sync)
+    refiller = BalanceRefiller(db["balances"], POLICY, on_event=[sync, notify], metrics=Metrics())
+    await refiller.events.drain()
+    delivered: int = refiller.events.stats.delivered
+    del delivered
+    BalanceRefiller(db["balances"], POLICY, on_event=lambda e, x: None)  # type: ignore[arg-type]  # one argument
+    BalanceRefiller(db["balances"], POLICY, metrics=object())  # type: ignore[arg-type]  # a Metrics
