@@ -23,6 +23,7 @@ import asyncio
 import configparser
 import inspect
 import io
+import linecache
 import re
 import runpy
 import shlex
@@ -114,7 +115,9 @@ def test_python_blocks_run(block: Block, own_clients: None, monkeypatch: pytest.
     if block.marker == "check":
         host_clients(monkeypatch)
     namespace: dict[str, Any] = {"__name__": "docs"}
-    exec(compile(block.code, block.where, "exec"), namespace)  # noqa: S102 - our own pages
+    name = f"{ROOT / block.page} (block at line {block.line})"
+    linecache.cache[name] = (len(block.code), None, block.code.splitlines(True), name)
+    exec(compile(block.code, name, "exec"), namespace)  # noqa: S102 - our own pages
     for name, value in list(namespace.items()):
         if name.startswith("test_") and callable(value):
             result = value()
@@ -203,52 +206,60 @@ CHECKS: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
 
 # -- commands --------------------------------------------------------------------------
 
-COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?(?:balance-refill|python3? -m balance_refill)\s+(.*)$")
-
-
 @dataclass(frozen=True)
 class Invocation:
     block: Block
     argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
 
 
-def shell_lines(code: str) -> Iterator[str]:
-    """Logical lines: continuations joined, comments dropped."""
-    for raw in code.replace("\\\n", " ").splitlines():
+def shell_lines(block: Block) -> Iterator[str]:
+    """Logical lines: continuations joined, comments dropped (a crontab line loses its
+    five schedule fields)."""
+    for raw in block.code.replace("\\\n", " ").splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
-            yield line
+            yield line.split(None, 5)[5] if block.lang == "crontab" else line
+
+
+def command_args(words: list[str]) -> list[str] | None:
+    """The arguments of a `balance-refill` or `python -m balance_refill` command, after
+    any leading `VAR=value` and `sudo -u USER`; None for another command."""
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        words = words[1:]
+    if words[:1] == ["sudo"]:
+        words = words[3:] if words[1:2] == ["-u"] else words[1:]
+    if not words:
+        return None
+    name = words[0].rsplit("/", 1)[-1]
+    if name == "balance-refill":
+        return words[1:]
+    if name.startswith("python") and words[1:3] == ["-m", "balance_refill"]:
+        return words[3:]
+    return None
 
 
 def invocations() -> Iterator[Invocation]:
     for block in ALL:
-        if block.lang in SHELL:
-            for line in shell_lines(block.code):
-                for part in re.split(r"&&|\|\||;|\|", line):
-                    found = COMMAND.search(part.split(" #")[0].strip())
-                    if found and "balance_refill[" not in part and "pip install" not in part:
-                        yield Invocation(block, tuple(shlex.split(found[1])))
+        if block.lang in SHELL or block.lang == "crontab":
+            for line in shell_lines(block):
+                for part in re.split(r"&&|\|\||;|\||>", line):
+                    args = command_args(shlex.split(part.strip()))
+                    if args is not None:
+                        yield Invocation(block, tuple(args))
         elif block.lang == "ini" and "ExecStart=" in block.code:
             unit = configparser.ConfigParser(strict=False, interpolation=None)
             unit.read_string(block.code)
-            start = unit["Service"]["ExecStart"]
-            found = COMMAND.search(start)
-            assert found, block.where
-            env = [
-                tuple(e.split("=", 1))
-                for e in unit["Service"].get("Environment", "").split()
-                if "=" in e
-            ]
-            yield Invocation(block, tuple(shlex.split(found[1])), tuple(env))  # type: ignore[arg-type]
+            args = command_args(shlex.split(unit["Service"]["ExecStart"]))
+            assert args is not None, block.where
+            yield Invocation(block, tuple(args))
         elif block.lang == "yaml" and "kind: CronJob" in block.code:
             import yaml
 
             job = yaml.safe_load(block.code)
             spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-            args = spec["containers"][0]["args"]
-            assert args[0] == "balance-refill", block.where
-            yield Invocation(block, tuple(args[1:]))
+            args = command_args(list(spec["containers"][0]["args"]))
+            assert args is not None, block.where
+            yield Invocation(block, tuple(args))
 
 
 INVOCATIONS = list(invocations())
@@ -270,16 +281,22 @@ def test_commands_run(
 ) -> None:
     """Each command shown parses with the CLI's own parser (its flags exist) and runs:
     exit 0, or 1 for a refusal on the test backend's empty database, never a usage error.
-    A policy the command names by path in the environment is the example policy."""
+    The policy is the example policy (BALANCE_REFILL_POLICY, as an operator sets it), and
+    so is a policy file named by a path that exists only on the operator's machine."""
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("BALANCE_REFILL_POLICY", str(ROOT / "examples" / "policy.yaml"))
+    example = str(ROOT / "examples" / "policy.yaml")
+    monkeypatch.setenv("BALANCE_REFILL_POLICY", example)
     monkeypatch.delenv("BALANCE_REFILL_ADMIN_TOKEN", raising=False)
-    parse_args(call.argv)  # a usage error raises
-    if call.argv[0] == "serve":
+    argv = [
+        example if a.endswith("policy.yaml") and not (ROOT / a).exists() else a
+        for a in call.argv
+    ]
+    parse_args(argv)  # a usage error raises
+    if argv[0] == "serve":
         return  # it would serve until stopped
     out, err = io.StringIO(), io.StringIO()
-    code = main(list(call.argv), stdout=out, stderr=err)
-    assert code in (0, 1), f"{block.where}: {' '.join(call.argv)} -> {code}: {err.getvalue()}"
+    code = main(argv, stdout=out, stderr=err)
+    assert code in (0, 1), f"{block.where}: {' '.join(argv)} -> {code}: {err.getvalue()}"
     assert "usage:" not in err.getvalue()
 
 
