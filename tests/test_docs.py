@@ -316,7 +316,8 @@ def test_cli_reference_matches_the_parser() -> None:
         accepted = {o for a in parser.commands[name]._actions for o in a.option_strings}
         for flag in re.findall(r"--[a-z][a-z-]*", row):
             assert flag in accepted, f"`{name}` has no {flag} (its --help)"
-    assert shown == set(parser.commands), "commands missing from the reference"
+    groups = {name.split()[0] for name in parser.commands if " " in name}  # `policy`
+    assert shown == set(parser.commands) - groups, "commands missing from the reference"
 
 
 # -- the quickstart, the examples and the deployment files -----------------------------
