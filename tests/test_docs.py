@@ -238,12 +238,27 @@ def command_args(words: list[str]) -> list[str] | None:
     return None
 
 
+def commands(line: str) -> Iterator[list[str]]:
+    """The simple commands of a shell line, split at `&&`, `|`, `;` and redirections,
+    comments dropped."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words: list[str] = []
+    for token in lexer:
+        if set(token) <= set("&|;<>()"):
+            yield words
+            words = []
+        else:
+            words.append(token)
+    yield words
+
+
 def invocations() -> Iterator[Invocation]:
     for block in ALL:
         if block.lang in SHELL or block.lang == "crontab":
             for line in shell_lines(block):
-                for part in re.split(r"&&|\|\||;|\||>", line):
-                    args = command_args(shlex.split(part.strip()))
+                for words in commands(line):
+                    args = command_args(words)
                     if args is not None:
                         yield Invocation(block, tuple(args))
         elif block.lang == "ini" and "ExecStart=" in block.code:
