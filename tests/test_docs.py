@@ -109,7 +109,9 @@ def test_fragments_say_why() -> None:
 
 
 @pytest.mark.parametrize("block", [param(b) for b in PY if b.marker != "fragment"])
-def test_python_blocks_run(block: Block, own_clients: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_blocks_run(
+    block: Block, own_clients: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each Python block of the README and the site runs as written (on a server backend,
     with its clients on that server); a `check` block is then driven by its checker."""
     if block.marker == "check":
@@ -125,7 +127,7 @@ def test_python_blocks_run(block: Block, own_clients: None, monkeypatch: pytest.
                 asyncio.run(_awaited(result))
     if block.marker == "check":
         assert block.note in CHECKS, f"{block.where}: no checker named {block.note!r}"
-        asyncio.run(CHECKS[block.note](namespace))
+        asyncio.run(_awaited(CHECKS[block.note](namespace)))
 
 
 async def _awaited(result: Awaitable[Any]) -> Any:
@@ -144,7 +146,7 @@ def host_clients(monkeypatch: pytest.MonkeyPatch) -> None:
 
     class MockClient:
         def __init__(self, *args: object, **kwargs: object) -> None:
-            self._client = AsyncMongoMockClient(tz_aware=True)
+            self._client: Any = AsyncMongoMockClient(tz_aware=True)
 
         def __getitem__(self, name: str) -> Any:
             return self._client[name]
@@ -189,7 +191,9 @@ async def _exercise(post: Callable[..., Awaitable[Any]], read: Callable[[Any], A
     assert (status, body["balance"]) == (200, 1_000)
     prompt = {"prompt": " ".join(["word"] * 10)}
     for _ in range(2):  # the retry is charged once
-        status, body = read(await post(f"/users/{user}/messages", prompt, {"Idempotency-Key": "k1"}))
+        status, body = read(
+            await post(f"/users/{user}/messages", prompt, {"Idempotency-Key": "k1"})
+        )
         assert (status, body["balance"]) == (200, 800)
     big = {"prompt": " ".join(["word"] * 45)}  # 900 credits: refused, with the next refill
     status, body = read(await post(f"/users/{user}/messages", big, {"Idempotency-Key": "k2"}))
@@ -205,6 +209,7 @@ CHECKS: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
 
 
 # -- commands --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Invocation:
@@ -303,8 +308,7 @@ def test_commands_run(
     monkeypatch.setenv("BALANCE_REFILL_POLICY", example)
     monkeypatch.delenv("BALANCE_REFILL_ADMIN_TOKEN", raising=False)
     argv = [
-        example if a.endswith("policy.yaml") and not (ROOT / a).exists() else a
-        for a in call.argv
+        example if a.endswith("policy.yaml") and not (ROOT / a).exists() else a for a in call.argv
     ]
     parse_args(argv)  # a usage error raises
     if argv[0] == "serve":
@@ -465,7 +469,7 @@ def test_changelog_has_a_release_and_keeps_the_format() -> None:
     versions = re.findall(r"^## \[([^\]]+)\]", text, flags=re.MULTILINE)
     assert versions[0] == "Unreleased"
     assert "0.1.0" in versions
-    assert re.search(r"^## \[0\.1\.0\] – Initial release$", text, flags=re.MULTILINE)
+    assert re.search(r"^## \[0\.1\.0\] \u2013 Initial release$", text, flags=re.MULTILINE)
     kinds = set(re.findall(r"^### (.+)$", text, flags=re.MULTILINE))
     assert kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
     assert 'version = "0.1.0"' in (ROOT / "pyproject.toml").read_text()
