@@ -15,7 +15,8 @@ class InvalidUserId(BalanceRefillError, ValueError):
 
 
 class InvalidAmount(BalanceRefillError, ValueError):
-    """An amount that is not a finite integer in the accepted range."""
+    """An amount that is not a finite number (an int or a float, not a bool) within 2**53,
+    or that is zero or negative where the operation needs more."""
 
 
 class InvalidArgument(BalanceRefillError, ValueError):
