@@ -89,7 +89,7 @@ def add_simulate(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--against",
         metavar="active|FILE",
         default=ACTIVE,
-        help="the baseline: the active policy (default; BALANCE_REFILL_POLICY) or a policy file",
+        help="the baseline: the active policy (default: the stored active version, else BALANCE_REFILL_POLICY) or a policy file",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-db", action="store_true", help="usage recorded in this database")
