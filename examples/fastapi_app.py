@@ -39,7 +39,6 @@ from pymongo import AsyncMongoClient
 from balance_refill import (
     BalanceRefiller,
     BalanceRefillError,
-    DuplicateBalances,
     InsufficientCredits,
     RefillPolicy,
 )
@@ -164,10 +163,9 @@ def create_app(
                 on_event=notify_low_balance,
                 metrics=Metrics(meters),
             )
-            try:
-                await refiller.ensure_indexes()
-            except DuplicateBalances as exc:  # an old LibreChat database: usable, but say so
-                log.warning("%s", exc)
+            report = await refiller.ensure_indexes()
+            if not report.ok:  # an old LibreChat database: usable, but say so
+                log.warning("users with several balance documents: %s", dict(report.duplicates))
             app.state.refiller = refiller
             yield
             await refiller.events.drain()  # let the last notifications finish
