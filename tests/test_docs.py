@@ -298,17 +298,25 @@ def test_commands_run(
     own_clients: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     """Each command shown parses with the CLI's own parser (its flags exist) and runs:
     exit 0, or 1 for a refusal on the test backend's empty database, never a usage error.
     The policy is the example policy (BALANCE_REFILL_POLICY, as an operator sets it), and
-    so is a policy file named by a path that exists only on the operator's machine."""
-    monkeypatch.chdir(ROOT)
+    so is a policy file named by a path that exists only on the operator's machine. It runs
+    in a temporary folder (a report it writes stays out of the repository), with paths of
+    the repository's files made absolute."""
+    monkeypatch.chdir(tmp_path)
     example = str(ROOT / "examples" / "policy.yaml")
     monkeypatch.setenv("BALANCE_REFILL_POLICY", example)
     monkeypatch.delenv("BALANCE_REFILL_ADMIN_TOKEN", raising=False)
     argv = [
-        example if a.endswith("policy.yaml") and not (ROOT / a).exists() else a for a in call.argv
+        example
+        if a.endswith("policy.yaml") and not (ROOT / a).exists()
+        else str(ROOT / a)
+        if not a.startswith("-") and "/" in a and (ROOT / a).exists()
+        else a
+        for a in call.argv
     ]
     parse_args(argv)  # a usage error raises
     if argv[0] == "serve":
