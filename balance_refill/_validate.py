@@ -44,6 +44,11 @@ def check_user_id(user_id: object) -> UserId:
     if isinstance(user_id, str):
         if not user_id or not user_id.strip():
             raise InvalidUserId("user id must be a non-empty string")
+        if user_id != user_id.strip():
+            raise InvalidUserId(
+                f"user id {describe(user_id)} has leading or trailing whitespace: it would be "
+                f"another user than {describe(user_id.strip())}"
+            )
         if len(user_id) > MAX_ID_LENGTH:
             raise InvalidUserId(
                 f"user id is {len(user_id)} characters long (at most {MAX_ID_LENGTH})"

@@ -411,3 +411,12 @@ async def test_in_flight_reservations_count_as_activity(
     )
     report = await make_refiller(policy=MONTHLY_RESET).sweep(active_within="30d")
     assert (report.refilled, report.skipped["inactive"]) == (1, 0)
+
+
+async def test_ids_with_surrounding_whitespace_are_refused(make_refiller: Make, db: Any) -> None:
+    """`" u "` is not silently another user than `"u"`: refused, nothing written."""
+    refiller = make_refiller()
+    for bad in (" u", "u ", "\tu\n"):
+        with pytest.raises(ValueError, match="leading or trailing whitespace"):
+            await refiller.ensure_balance(bad)
+    assert await db["balances"].count_documents({}) == 0
