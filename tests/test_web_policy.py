@@ -10,7 +10,7 @@ import base64
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -65,11 +65,16 @@ def form_of(html: str, form_id: str) -> dict[str, str]:
                 data[name.group(1)] = "on"
             continue
         data[name.group(1)] = unescape(value.group(1)) if value else ""
-    for name, options in re.findall(r'<select id="[^"]*" name="([^"]+)">(.*?)</select>', body, re.S):
-        chosen = re.search(r'<option value="([^"]*)" selected>', options)
-        first = re.search(r'<option value="([^"]*)"', options)
-        data[name] = unescape((chosen or first).group(1)) if (chosen or first) else ""
-    for name, text in re.findall(r'<textarea [^>]*name="([^"]+)"[^>]*>(.*?)</textarea>', body, re.S):
+    for name, options in re.findall(
+        r'<select id="[^"]*" name="([^"]+)">(.*?)</select>', body, re.S
+    ):
+        picked = re.search(r'<option value="([^"]*)" selected>', options) or re.search(
+            r'<option value="([^"]*)"', options
+        )
+        data[name] = unescape(picked.group(1)) if picked else ""
+    for name, text in re.findall(
+        r'<textarea [^>]*name="([^"]+)"[^>]*>(.*?)</textarea>', body, re.S
+    ):
         data[name] = unescape(text)
     return data
 
@@ -150,19 +155,27 @@ async def test_the_page_lists_the_versions_with_the_active_one(web: Web) -> None
     assert 'id="active-version">version 1<' in page.text
     row1 = page.text.split('id="version-1"', 1)[1].split("</tr>", 1)[0]
     row2 = page.text.split('id="version-2"', 1)[1].split("</tr>", 1)[0]
-    assert "active" in row1 and "ops:setup" in row1 and "the first policy" in row1
+    assert "active" in row1
+    assert "ops:setup" in row1
+    assert "the first policy" in row1
     assert "activate-1" not in row1
-    assert "ops:bo" in row2 and "try &lt;pro&gt; first" in row2 and 'id="activate-2"' in row2
+    assert "ops:bo" in row2
+    assert "try &lt;pro&gt; first" in row2
+    assert 'id="activate-2"' in row2
     assert page.text.index('id="version-2"') < page.text.index('id="version-1"')  # newest first
 
 
 async def test_the_editor_shows_the_active_version(web: Web) -> None:
     """Every tier's fields, the default tier, the rules and the YAML hold version 1."""
     html, data = await web.editor()
-    assert data["t0.name"] == "free" and data["t0.amount"] == "10000"
-    assert data["t0.period"] == "interval" and data["t0.interval"] == "30d"
-    assert data["t0.start_balance"] == "20000" and data["t0.auto_refill"] == "on"
-    assert data["t1.name"] == "pro" and data["t1.mode"] == "add"
+    assert data["t0.name"] == "free"
+    assert data["t0.amount"] == "10000"
+    assert data["t0.period"] == "interval"
+    assert data["t0.interval"] == "30d"
+    assert data["t0.start_balance"] == "20000"
+    assert data["t0.auto_refill"] == "on"
+    assert data["t1.name"] == "pro"
+    assert data["t1.mode"] == "add"
     assert data["t1.max_balance"] == "100000"
     assert data["default_tier"] == "free"
     assert (data["r0.from"], data["r0.to"], data["r0.usage"]) == ("free", "pro", "0.8")
@@ -202,7 +215,7 @@ async def test_bad_fields_get_their_own_message_and_nothing_is_written(
         assert words in message
     if "days" in changes:
         assert "from 1 to 90" in answer.text
-    for name, value in changes.items():
+    for _name, value in changes.items():
         if value:
             assert f'value="{value}"' in answer.text or f'value="{value}" selected' in answer.text
     assert await web.snapshot() == before
@@ -246,7 +259,8 @@ async def test_a_preview_replays_usage_shows_charts_and_writes_nothing(web: Web)
     assert len(images) == 4
     for image in images:
         svg = base64.b64decode(image).decode()
-        assert svg.startswith("<svg") and "<script" not in svg.lower()
+        assert svg.startswith("<svg")
+        assert "<script" not in svg.lower()
     assert "<script" not in answer.text.lower()
     assert answer.headers["content-security-policy"].startswith("default-src 'self'")
     assert form_of(answer.text, "policy-form")["t0.amount"] == "4000"  # the form kept
@@ -261,15 +275,19 @@ async def test_apply_pushes_and_activates_and_the_refiller_switches(
     refresh and its ledger row carries policyVersion 2."""
     review = await web.post_edit("review", **{"t0.amount": "12345", "reason": "more for free"})
     assert review.status_code == 200, review.text
-    assert "tiers.free.amount" in review.text and "12345" in review.text
-    assert await web.store.versions() and len(await web.store.versions()) == 1  # not yet
+    assert "tiers.free.amount" in review.text
+    assert "12345" in review.text
+    assert await web.store.versions()
+    assert len(await web.store.versions()) == 1
     done = await web.confirm(review, "/policy/edit")
     assert done.status_code == 303
     assert done.headers["location"].startswith("../policy?applied=2")
     version, policy = await web.store.active()
     assert version == 2
-    assert isinstance(policy, TieredPolicy) and policy.tiers["free"].amount == 12_345
-    assert policy.tiers["pro"] == TIERS.tiers["pro"] and policy.rules == TIERS.rules
+    assert isinstance(policy, TieredPolicy)
+    assert policy.tiers["free"].amount == 12_345
+    assert policy.tiers["pro"] == TIERS.tiers["pro"]
+    assert policy.rules == TIERS.rules
     stored = await web.store.get(2)
     assert (stored.actor, stored.reason) == (ACTOR, "more for free")
     activation = (await web.store.activations())[0]
@@ -286,7 +304,9 @@ async def test_apply_pushes_and_activates_and_the_refiller_switches(
     clock.advance(timedelta(days=31))
     state = await serving.ensure_balance("newcomer")
     assert state.balance == 12_345
-    rows = await db["transactions"].find({"user": "newcomer", "context": "autoRefill"}).to_list(None)
+    rows = (
+        await db["transactions"].find({"user": "newcomer", "context": "autoRefill"}).to_list(None)
+    )
     assert [r["policyVersion"] for r in rows] == [2]
 
 
@@ -302,7 +322,8 @@ async def test_a_replayed_confirmation_applies_once(web: Web) -> None:
     assert sorted([first.status_code, second.status_code])[0] == 303
     again = await web.client.post("/policy/edit", data=data)
     assert again.status_code == 409
-    assert "Already applied" in again.text and "version 2" in again.text
+    assert "Already applied" in again.text
+    assert "version 2" in again.text
     assert [v.version for v in await web.store.versions()] == [1, 2]
     assert [a.version for a in await web.store.activations()] == [2, 1]
 
@@ -321,22 +342,22 @@ async def test_a_confirmation_after_another_change_is_refused(web: Web) -> None:
 
 
 @pytest.mark.parametrize("path", ["/policy/edit", "/policy/activate"])
-@pytest.mark.parametrize("token", [None, "forged", "other-session"])
+@pytest.mark.parametrize("sent", [None, "forged", "other-session"])
 async def test_a_change_without_the_right_csrf_token_is_refused(
-    web: Web, path: str, token: str | None
+    web: Web, path: str, sent: str | None
 ) -> None:
     """No token, a made-up one, or one bound to another actor: 403, nothing written."""
-    html, data = await web.editor()
+    _html, data = await web.editor()
     data.update({"t0.amount": "9000", "reason": "x", "step": "confirm", "version": "1"})
     if path == "/policy/edit":
         review = await web.post_edit("review", **{"t0.amount": "9000", "reason": "x"})
         data = {**form_of(review.text, "confirm-form"), "step": "confirm"}
-    if token is None:
+    if sent is None:
         data.pop("csrf")
-    elif token == "forged":
+    elif sent == "forged":
         data["csrf"] = "A" * 43
     before = await web.snapshot()
-    headers = {"x-test-actor": "mallory"} if token == "other-session" else {}
+    headers = {"x-test-actor": "mallory"} if sent == "other-session" else {}
     answer = await web.client.post(path, data=data, headers=headers)
     assert answer.status_code == 403
     assert "Nothing was changed" in answer.text
@@ -352,7 +373,8 @@ async def test_rolling_back_activates_an_older_version_once(web: Web) -> None:
     data = form_of(page.text, "activate-1")
     assert data["base"] == "2"
     missing = await web.client.post("/policy/activate", data={**data, "step": "review"})
-    assert missing.status_code == 400 and "reason is required" in missing.text
+    assert missing.status_code == 400
+    assert "reason is required" in missing.text
     review = await web.client.post(
         "/policy/activate", data={**data, "reason": "trim was a mistake", "step": "review"}
     )
@@ -366,7 +388,8 @@ async def test_rolling_back_activates_an_older_version_once(web: Web) -> None:
     latest = (await web.store.activations())[0]
     assert (latest.version, latest.actor, latest.reason) == (1, ACTOR, "trim was a mistake")
     replay = await web.confirm(review, "/policy/activate")
-    assert replay.status_code == 409 and "Already applied" in replay.text
+    assert replay.status_code == 409
+    assert "Already applied" in replay.text
     assert len(await web.store.activations()) == 3
 
 
@@ -409,9 +432,12 @@ async def test_without_a_store_the_page_is_read_only_and_says_how_to_edit(
                                  headers={"x-test-actor": ACTOR}) as client:  # fmt: skip
         page = await client.get("/policy")
         assert page.status_code == 200
-        assert 'id="read-only"' in page.text and "policy push FILE" in page.text
-        assert "PolicyStore" in page.text and "without --policy" in page.text
-        assert 'id="edit-policy"' not in page.text and "<td data-label=\"Tier\"><strong>free" in page.text
+        assert 'id="read-only"' in page.text
+        assert "policy push FILE" in page.text
+        assert "PolicyStore" in page.text
+        assert "without --policy" in page.text
+        assert 'id="edit-policy"' not in page.text
+        assert '<td data-label="Tier"><strong>free' in page.text
         assert (await client.get("/policy/edit")).status_code == 404
         csrf = field((await client.get("/users?id=u1")).text, "csrf")
         answer = await client.post("/policy/activate", data={"csrf": csrf, "version": "1"})
@@ -425,3 +451,172 @@ def test_admin_app_refuses_a_store_that_is_not_one(refiller: BalanceRefiller) ->
     """`policy_store=` takes a PolicyStore; anything else is a TypeError at build time."""
     with pytest.raises(TypeError, match="PolicyStore"):
         admin_app(refiller, authorize=authorize, policy_store="balance_refill_policies")  # type: ignore[arg-type]
+
+
+# -- balance-refill serve: the policy store and /metrics ------------------------------------
+
+TOKEN = "s3cret-token-for-tests-0123"  # noqa: S105 - a test token
+
+
+class Captured:
+    """uvicorn's Server, replaced: it keeps the app instead of serving it."""
+
+    apps: ClassVar[list[Any]] = []
+
+    def __init__(self, config: Any) -> None:
+        Captured.apps.append(config.app)
+
+    async def serve(self) -> None:
+        return None
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    import uvicorn
+
+    Captured.apps = []
+    monkeypatch.setattr(uvicorn, "Server", Captured)
+    monkeypatch.setenv("BALANCE_REFILL_ADMIN_TOKEN", TOKEN)
+    return Captured.apps
+
+
+@pytest.fixture
+def shared_db(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`serve`'s connections all open one in-memory database (as a server would)."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    from balance_refill import _connect
+
+    database: Any = AsyncMongoMockClient(tz_aware=True)["LibreChat"]
+    shared = _connect.Connection(None, database)
+    monkeypatch.setattr(_connect, "connect", lambda uri, name: shared)
+    return database
+
+
+async def _signed_in(app: Any, check: Callable[[httpx.AsyncClient], Any]) -> None:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            csrf = field((await client.get("/login")).text, "csrf")
+            signed = await client.post("/login", data={"csrf": csrf, "name": "ana", "token": TOKEN})
+            assert signed.status_code == 303
+            await check(client)
+
+
+def _serve(**kwargs: Any) -> tuple[int, str]:
+    import io
+
+    from balance_refill.web.serve import serve
+
+    out = io.StringIO()
+    code = serve(port=8080, out=out, **kwargs)
+    return code, out.getvalue()
+
+
+def test_serve_uses_the_stored_active_version_when_no_policy_is_given(
+    captured: list[Any], shared_db: Any
+) -> None:
+    """No --policy and an active stored version: the refiller runs on the store and the
+    policy page can edit; with --policy FILE the fixed policy is served, read only."""
+    store = PolicyStore(shared_db["balance_refill_policies"])
+
+    async def seed() -> None:
+        await store.push(TIERS, actor="ops", reason="launch")
+        await store.activate(1, actor="ops", reason="launch")
+
+    asyncio.run(seed())
+    code, said = _serve(uri="mongodb://db.example/")
+    assert code == 0, said
+    assert "policy from the policy store" in said
+
+    async def editable(client: httpx.AsyncClient) -> None:
+        page = await client.get("/policy")
+        assert 'id="active-version">version 1<' in page.text
+        assert 'id="in-process-version">1<' in page.text
+        assert (await client.get("/policy/edit")).status_code == 200
+
+    asyncio.run(_signed_in(captured[-1], editable))
+
+    code, said = _serve(uri="mongodb://db.example/", policy=TIERS)
+    assert code == 0
+    assert "policy fixed (--policy)" in said
+
+    async def read_only(client: httpx.AsyncClient) -> None:
+        assert 'id="read-only"' in (await client.get("/policy")).text
+        assert (await client.get("/policy/edit")).status_code == 404
+
+    asyncio.run(_signed_in(captured[-1], read_only))
+
+
+def test_serve_without_a_policy_or_an_active_version_refuses_to_start(
+    captured: list[Any], shared_db: Any
+) -> None:
+    """No --policy and nothing active in the store: exit 2, saying what to do."""
+    code, said = _serve(uri="mongodb://db.example/")
+    assert code == 2
+    assert "pass a policy (--policy FILE" in said
+    assert "no active version" in said
+    assert "policy push FILE" in said
+    assert captured == []
+
+
+def test_serve_metrics_are_refused_with_insecure_local(captured: list[Any]) -> None:
+    """--metrics serves behind the admin token, so it cannot go with --insecure-local."""
+    code, said = _serve(uri=None, insecure_local=True, metrics=True, host="127.0.0.1")
+    assert code == 2
+    assert "--metrics and --insecure-local exclude each other" in said
+    assert captured == []
+
+
+def test_serve_metrics_without_the_packages_fail_in_one_line(
+    captured: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the OpenTelemetry SDK and Prometheus exporter, --metrics stops at start
+    with one line naming both packages."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "balance_refill.web._metrics", None)
+    code, said = _serve(uri=None, metrics=True)
+    assert code == 2
+    assert said.count("\n") == 1
+    assert "opentelemetry-sdk" in said
+    assert "opentelemetry-exporter-prometheus" in said
+    assert captured == []
+
+
+def test_the_demo_serves_an_editable_policy_and_metrics_behind_the_token(
+    captured: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's store holds version 1 (the editor works); /metrics answers 401 without
+    the token and the Prometheus text with it; the endpoint is shut down at stop."""
+    from balance_refill.web import _metrics
+
+    stopped: list[bool] = []
+    original = _metrics.PrometheusEndpoint.shutdown
+
+    def shutdown(self: _metrics.PrometheusEndpoint) -> None:
+        stopped.append(True)
+        original(self)
+
+    monkeypatch.setattr(_metrics.PrometheusEndpoint, "shutdown", shutdown)
+    code, said = _serve(uri=None, metrics=True)
+    assert code == 0, said
+    assert "/metrics behind the token" in said
+
+    async def check(client: httpx.AsyncClient) -> None:
+        page = await client.get("/policy")
+        assert 'id="active-version">version 1<' in page.text
+        assert "ops" not in page.text.split('id="version-1"', 1)[1].split("</tr>", 1)[0]
+        assert (await client.get("/policy/edit")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 401
+        user = (await client.get("/users?id=ben@example.com")).text
+        grant = {"csrf": field(user, "csrf"), "seen": field(user, "seen"), "amount": "5",
+                 "user": "ben@example.com", "reason": "metrics", "step": "confirm"}  # fmt: skip
+        assert (await client.post("/users/grant", data=grant)).status_code == 303
+        scraped = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert scraped.status_code == 200
+        assert "balance_refill" in scraped.text
+        assert stopped == []
+
+    asyncio.run(_signed_in(captured[-1], check))
+    assert stopped == [True]

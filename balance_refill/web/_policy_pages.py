@@ -68,12 +68,13 @@ class PolicyPages(AdminPages):
 
     async def current(self) -> tuple[int, AnyPolicy]:
         """The active stored version (0: none) and its policy (else the refiller's)."""
+        in_use = await self.in_use()  # a refiller on the store reads it (once per refresh)
         if self.policy_store is not None:
             try:
                 return await self.policy_store.active()
             except NoActivePolicy:
                 pass
-        return 0, await self.in_use()
+        return 0, in_use
 
     # -- GET /policy ------------------------------------------------------------------
 
