@@ -231,6 +231,7 @@ async def test_bad_yaml_gets_a_message_and_nothing_is_written(web: Web) -> None:
         ("tiers: [", "not valid YAML"),
         ("amount: 100\ninterval: 30d\ncolour: blue", "colour"),
         ("amount: 100", "exactly one of 'interval'"),
+        ("default_tier: a.b\ntiers:\n  a.b: {amount: 5, interval: 1d}\n", "cannot be stored"),
     ):
         answer = await web.client.post("/policy/edit", data={**data, "yaml": text,
                                                              "step": "review", "reason": "x"})  # fmt: skip
@@ -238,6 +239,24 @@ async def test_bad_yaml_gets_a_message_and_nothing_is_written(web: Web) -> None:
         message = answer.text.split('id="yaml-error"', 1)[1].split("</p>", 1)[0]
         assert words in unescape(message)
         assert unescape(form_of(answer.text, "yaml-form")["yaml"]) == text
+    assert await web.snapshot() == before
+
+
+async def test_a_tampered_form_is_a_message_not_a_500(web: Web) -> None:
+    """Hidden fields changed by hand (a tier count far too large, a tier name MongoDB
+    cannot hold, a confirmation carrying a broken policy): 400, nothing written."""
+    _, data = await web.editor()
+    before = await web.snapshot()
+    for changes in ({"tiers": "99999"}, {"t0.name": "a.b", "default_tier": "a.b"},
+                    {"kind": "refill", "tiers": "0"}):  # fmt: skip
+        answer = await web.client.post("/policy/edit", data={**data, **changes,
+                                                             "step": "review", "reason": "x"})  # fmt: skip
+        assert answer.status_code == 400, answer.text
+    review = await web.post_edit("review", **{"t0.amount": "9000", "reason": "x"})
+    confirm = {**form_of(review.text, "confirm-form"), "step": "confirm"}
+    for candidate in ("{", '{"kind": "refill", "policy": {"amount": -1}}', "x" * 200_000):
+        answer = await web.client.post("/policy/edit", data={**confirm, "candidate": candidate})
+        assert answer.status_code == 400
     assert await web.snapshot() == before
 
 

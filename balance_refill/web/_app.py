@@ -87,9 +87,9 @@ def admin_app(
         page_size=page_size,
         clock=clock or (lambda: datetime.now(UTC)),
         binding=csrf_binding or actor_binding,
+        policy_store=policy_store,
+        transactions=ledger,
     )
-    pages.policy_store = policy_store
-    pages.transactions = ledger
     app = Starlette(
         routes=[
             Route("/", pages.overview, methods=["GET"], name="overview"),

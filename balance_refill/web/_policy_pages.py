@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,6 +31,8 @@ from ._policy_form import (
     CALENDAR_UNITS,
     DEFAULT_DAYS,
     MAX_DAYS,
+    MAX_RULES,
+    MAX_TIERS,
     MODES,
     changes,
     decode_candidate,
@@ -58,10 +60,19 @@ def intent_key(*parts: object) -> str:
 
 
 class PolicyPages(AdminPages):
-    """The admin pages, with the policy page's editing when a store is given."""
+    """The admin pages, with the policy page's editing when a store is given
+    (`policy_store`) and its preview replaying `transactions` (LibreChat's)."""
 
-    policy_store: PolicyStore | None = None
-    transactions: Any = None
+    def __init__(
+        self,
+        *args: Any,
+        policy_store: PolicyStore | None = None,
+        transactions: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy_store = policy_store
+        self.transactions = transactions
 
     async def in_use(self) -> AnyPolicy:
         return await self.refiller.refresh_policy()
@@ -160,9 +171,9 @@ class PolicyPages(AdminPages):
         source: str = "form",
         status: int = 200,
     ) -> Response:
-        def count(name: str) -> int:
+        def count(name: str, high: int) -> int:
             raw = form.get(name, "0")
-            return int(raw) if raw.isdigit() else 0
+            return min(int(raw), high) if raw.isdigit() and len(raw) < 6 else 0
 
         return self.render(
             request,
@@ -172,11 +183,11 @@ class PolicyPages(AdminPages):
             active_version=base,
             f=dict(form),
             e=dict(errors or {}),
-            tier_count=count("tiers"),
-            rule_count=count("rules"),
+            tier_count=count("tiers", MAX_TIERS),
+            rule_count=count("rules", MAX_RULES + 1),
             tier_names=list(as_tiered(active).tiers)
             if form.get("kind") != "tiered"
-            else [form.get(f"t{i}.name", "") for i in range(count("tiers"))],
+            else [form.get(f"t{i}.name", "") for i in range(count("tiers", MAX_TIERS))],
             yaml_text=yaml_text,
             modes=MODES,
             units=CALENDAR_UNITS,
@@ -221,19 +232,15 @@ class PolicyPages(AdminPages):
             if str(base) != fields.get("base"):
                 return self.policy_stale(request, actor, None)
             return edit(errors=exc.errors, status=400)
+        try:
+            encoded = encode_candidate(candidate)  # what the store would refuse, refused now
+        except BalanceRefillError as exc:
+            return edit(errors={"yaml" if source == "yaml" else "form": str(exc)}, status=400)
         if str(base) != fields.get("base"):
-            key = intent_key("apply", encode_candidate(candidate), fields.get("base", ""))
+            key = intent_key("apply", encoded, fields.get("base", ""))
             return self.policy_stale(request, actor, await self.forms.get(key))
         if step == "preview":
-            try:
-                days = parse_days(fields.get("days"))
-            except FieldErrors as exc:
-                return edit(errors=exc.errors, status=400)
-            if self.transactions is None:
-                return edit(errors={"days": "No transactions collection: nothing to replay."},
-                            status=400)  # fmt: skip
-            shown = await preview(self.transactions, candidate, active, days=days, now=self.clock())
-            return edit(shown=shown)
+            return await self.run_preview(edit, fields.get("days"), candidate, active)
         try:
             reason = parse_reason(fields.get("reason"))
         except FieldErrors as exc:
@@ -245,8 +252,23 @@ class PolicyPages(AdminPages):
             request, "policy_confirm.html", actor=actor, title="Apply a new policy version",
             summary="Push this policy as a new version and make it active",
             changes=diff, reason=reason, action="edit", form_id=new_form_id(),
-            hidden={"candidate": encode_candidate(candidate), "base": str(base), "reason": reason},
+            hidden={"candidate": encoded, "base": str(base), "reason": reason},
         )  # fmt: skip
+
+    async def run_preview(
+        self, edit: Callable[..., Response], raw_days: str | None, candidate: AnyPolicy,
+        active: AnyPolicy,
+    ) -> Response:  # fmt: skip
+        """The editor again, with the replay of the last days below its title."""
+        try:
+            days = parse_days(raw_days)
+        except FieldErrors as exc:
+            return edit(errors=exc.errors, status=400)
+        if self.transactions is None:
+            return edit(errors={"days": "No transactions collection: nothing to replay."},
+                        status=400)  # fmt: skip
+        shown = await preview(self.transactions, candidate, active, days=days, now=self.clock())
+        return edit(shown=shown)
 
     async def apply_candidate(
         self, request: Request, actor: str, fields: dict[str, str]
