@@ -639,3 +639,34 @@ def test_the_demo_serves_an_editable_policy_and_metrics_behind_the_token(
 
     asyncio.run(_signed_in(captured[-1], check))
     assert stopped == [True]
+
+
+def test_serve_refuses_to_start_when_the_policy_store_cannot_be_read(
+    captured: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --policy and a store the server refuses to read (no permission): exit 2 in one
+    line with the driver's reason and what to pass instead; nothing is served."""
+    from pymongo.errors import OperationFailure
+
+    from balance_refill import _connect
+
+    class Refusing:
+        def __getattr__(self, name: str) -> Any:
+            def refuse(*args: Any, **kwargs: Any) -> Any:
+                raise OperationFailure("not authorized on LibreChat", code=13)
+
+            return refuse
+
+    class Database:
+        def __getitem__(self, name: str) -> Any:
+            return Refusing()
+
+    broken: Any = Database()
+    monkeypatch.setattr(_connect, "connect", lambda uri, name: _connect.Connection(None, broken))
+    code, said = _serve(uri="mongodb://db.example/")
+    assert code == 2
+    assert said.count("\n") == 1
+    assert "could not be read" in said
+    assert "not authorized" in said
+    assert "pass a policy (--policy FILE" in said
+    assert captured == []

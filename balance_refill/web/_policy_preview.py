@@ -13,7 +13,7 @@ from typing import Any
 from balance_refill.errors import ConfigurationError
 from balance_refill.policy import AnyPolicy
 from balance_refill.simulate import SimulationReport, Simulator
-from balance_refill.usage import Tally, transaction_pages
+from balance_refill.usage import Demand, Tally, transaction_pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,11 @@ def _charts(candidate: SimulationReport, baseline: SimulationReport) -> list[Cha
     ]  # fmt: skip
 
 
+def _feed(runs: tuple[Simulator, Simulator], page: list[Demand]) -> None:
+    for run in runs:
+        run.feed(page)
+
+
 async def preview(
     transactions: Any, candidate: AnyPolicy, baseline: AnyPolicy, *, days: int, now: datetime
 ) -> Preview:
@@ -64,8 +69,8 @@ async def preview(
     runs = (Simulator(candidate, start=start, end=end), Simulator(baseline, start=start, end=end))
     tally = Tally()
     async for page in transaction_pages(transactions, start=start, end=end, tally=tally):
-        for run in runs:
-            run.feed(page)
+        # The replay is CPU work: a page at a time in a thread keeps the server answering.
+        await asyncio.to_thread(_feed, runs, page)
     cand, base = runs[0].report(), runs[1].report()
     notes = [
         f"LibreChat transactions of the last {days} days: {tally.describe()} "
