@@ -438,6 +438,21 @@ async def test_the_yaml_editor_applies_a_policy(web: Web) -> None:
     assert policy == RefillPolicy(amount=7000, interval="7d", start_balance=7000)
 
 
+async def test_a_single_policy_is_edited_as_one_tier_and_stays_single(web: Web) -> None:
+    """An active plain RefillPolicy shows as one tier without rules; edited, it is stored
+    as a RefillPolicy again."""
+    single = RefillPolicy(amount=7000, interval="7d", start_balance=7000)
+    await web.store.activate(await web.store.push(single, actor="o", reason="r"), actor="o",
+                             reason="r")  # fmt: skip
+    html, data = await web.editor()
+    assert data["kind"] == "refill"
+    assert data["tiers"] == "1"
+    assert 'id="rules"' not in html
+    review = await web.post_edit("review", **{"t0.amount": "7500", "reason": "a bit more"})
+    assert (await web.confirm(review, "/policy/edit")).status_code == 303
+    assert (await web.store.active())[1] == single.model_copy(update={"amount": 7500})
+
+
 async def test_without_a_store_the_page_is_read_only_and_says_how_to_edit(
     db: Any, make_refiller: Callable[..., BalanceRefiller]
 ) -> None:
