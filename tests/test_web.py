@@ -516,7 +516,6 @@ async def test_standalone_sign_in_sets_a_strict_session_cookie(
         ({"host": "127.0.0.1"}, None, "--insecure-local"),
         ({"host": "0.0.0.0", "insecure_local": True}, None, "only binds to 127.0.0.1"),  # noqa: S104
         ({"host": "127.0.0.1"}, "short", "too short"),
-        ({"host": "127.0.0.1", "uri": "mongodb://127.0.0.1:1"}, TOKEN, "pass a policy"),
     ],
 )
 def test_serve_refuses_to_start_unsafely(

@@ -9,7 +9,9 @@ and a lookup that hits the old document is retried until the new one is there.
 Stories: sign in, find, grant, pause; back and reload after a confirmed grant grants
 once; a signed-out session's cookie is refused; every table at a phone's 390 px width is
 readable (element widths compared: nothing one letter per line, nothing off-screen);
-a user page on LibreChat-written rows. Screenshots of every page at 1366 and 390 px go
+a user page on LibreChat-written rows; the policy edited (amount), previewed with its
+charts, applied, and a refill decided by the new version (it runs last: it changes the
+demo's policy). The server reads the policy store every second (`--policy-refresh 1`). Screenshots of every page at 1366 and 390 px go
 to `test-artifacts/` (or to `BALANCE_REFILL_SCREENSHOTS`, e.g. docs/screenshots).
 
 Needs `chromium` and `chromium-driver` (apt). Without them the tests are skipped locally
@@ -83,7 +85,15 @@ def server() -> Iterator[str]:
     env["BALANCE_REFILL_ADMIN_TOKEN"] = TOKEN
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "balance_refill.web.serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "balance_refill.web.serve",
+            "--port",
+            str(port),
+            "--policy-refresh",
+            "1",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -367,6 +377,8 @@ def test_every_page_fits_a_phone_and_is_screenshotted(server: str, browser: Any)
         ("07-list-tier-pro", "/lists?kind=tier&tier=pro", ("tag name", "h1")),
         ("08-policy-preview", "/policy?preview=1", ("tag name", "h1")),
         ("09-find-form", "/users", ("id", "user-id")),
+        ("13-policy-versions", "/policy", ("id", "version-list")),
+        ("14-policy-editor", "/policy/edit", ("id", "policy-form")),
     ]
     problems: dict[str, list[str]] = {}
     for name, path, marker in pages:
@@ -411,5 +423,75 @@ def test_a_user_page_on_librechat_written_rows(server: str, browser: Any) -> Non
     dots = d.find_elements("css selector", "svg circle.dot title")
     last = dots[-1].get_attribute("textContent").rsplit(": ", 1)[1]
     assert last == text_of(d, "id", "balance")
+    errors = [e for e in d.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+
+
+def _charts_drawn(driver: Any) -> bool:
+    """Every preview chart is loaded and has a size (the SVG images decoded)."""
+    return bool(
+        driver.execute_script(
+            "const imgs = [...document.querySelectorAll('.sim-chart img')];"
+            "return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0"
+            " && i.getBoundingClientRect().width > 200);"
+        )
+    )
+
+
+def test_edit_preview_apply_and_a_refill_by_the_new_version(server: str, browser: Any) -> None:
+    """Issue 17: edit the free tier's amount, preview it (summary and four charts drawn),
+    apply it through review and confirm, see version 2 active in the list, and refill a
+    user by hand: the ledger row says it was decided by policy v2. Screenshots of the
+    preview and the version list at 1366 and 390 px; the preview fits a phone."""
+    d = browser
+    sign_in(d, server, "fran")
+    open_page(d, f"{server}/policy", ("id", "version-list"))
+    assert text_of(d, "id", "active-version") == "version 1"
+    submit(d, "id", "edit-policy", ("id", "policy-form"))
+    amount = find(d, "id", "t0-amount")
+    assert amount.get_attribute("value") == "10000"
+    amount.clear()
+    type_into(d, "t0-amount", "987654")
+    find(d, "id", "days").clear()
+    type_into(d, "days", "90")
+    submit(d, "id", "preview-submit", ("id", "preview"))
+    assert "Preview: the last 90 days replayed" in text_of(d, "id", "preview-title")
+    assert "credits granted" in text_of(d, "id", "preview-summary")
+    _until(d, _charts_drawn, "the preview's charts")
+    assert find(d, "id", "t0-amount").get_attribute("value") == "987654"  # the form kept
+    both_widths(d, "15-policy-edit-and-simulated-preview")
+    d.set_window_size(PHONE, 844)
+    _until(d, _charts_drawn, "the charts at phone width")
+    assert d.execute_script(LAYOUT) == []
+    d.set_window_size(DESKTOP, 900)
+
+    type_into(d, "reason", "more credits for free users")
+    submit(d, "id", "review-submit", ("id", "confirm-submit"))
+    changes = text_of(d, "id", "policy-changes")
+    assert "tiers.free.amount" in changes
+    assert "987654" in changes
+    submit(d, "id", "confirm-submit", ("id", "policy-notice"))
+    assert "Version 2 was stored and is now active" in text_of(d, "id", "policy-notice")
+    assert text_of(d, "id", "active-version") == "version 2"
+    newest = text_of(d, "css selector", "#version-list tbody tr")
+    assert "fran" in newest
+    assert "more credits for free users" in newest
+    assert "active" in newest
+    both_widths(d, "16-policy-versions-after-apply")
+
+    def switched(driver: Any) -> bool:  # the server reads the store once a second
+        open_page(driver, f"{server}/policy", ("id", "version-list"))
+        return text_of(driver, "id", "in-process-version") == "2"
+
+    _until(d, switched, "the server to decide with version 2")
+    open_page(d, f"{server}/users?id=42&as=int", ("id", "balance"))  # a user in tier free
+    find(d, "xpath", "//summary[normalize-space()='Refill now']").click()
+    type_into(d, "refill-now-reason", "try the new amount")
+    submit(d, "xpath", "//button[normalize-space()='Review refill']", ("id", "confirm-submit"))
+    submit(d, "id", "confirm-submit", ("id", "notice"))
+    assert balance(d) == 987_654
+    row = text_of(d, "css selector", "table.ledger tbody tr")
+    assert "policy v2" in row
+    assert "try the new amount" in row
     errors = [e for e in d.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert errors == []

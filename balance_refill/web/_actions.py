@@ -73,7 +73,7 @@ class AdminPages(Pages):
             return self.not_found(request, actor, raw_user)
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         try:
-            planned = plan(action, fields, state, as_tiered(self.refiller.policy))
+            planned = plan(action, fields, state, as_tiered(await self.refiller.refresh_policy()))
         except FieldErrors as exc:
             return await self.user_page(request, actor, state, errors=exc.errors, form=fields,
                                         open_action=action, status=400)  # fmt: skip

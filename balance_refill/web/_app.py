@@ -12,8 +12,9 @@ from starlette.staticfiles import StaticFiles
 
 from balance_refill import BalanceRefiller
 from balance_refill.directory import USERS
+from balance_refill.policy_store import PolicyStore
 
-from ._actions import AdminPages
+from ._policy_pages import PolicyPages
 from ._render import Authorize, Binding, actor_binding
 from ._security import SecurityHeaders, UsedForms
 
@@ -35,6 +36,7 @@ def admin_app(
     page_size: int = PAGE_SIZE,
     clock: Callable[[], datetime] | None = None,
     csrf_binding: Binding | None = None,
+    policy_store: PolicyStore | None = None,
 ) -> Starlette:
     """The admin pages as an ASGI app, to mount in the host's app:
 
@@ -47,14 +49,19 @@ def admin_app(
     users collection, for finding people by email or name: a name in the balances'
     database (default `users`), a collection, or None. `forms` is the collection that
     remembers applied changes (default: `balance_refill_web_forms` in the database of
-    `balances` when given, else a bounded in-process map). `ledger` is accepted for
-    compatibility and unused: the refiller's own ledger is read. `banner` is shown on
+    `balances` when given, else a bounded in-process map). `ledger` is the
+    LibreChat transactions collection the policy preview replays. `banner` is shown on
     every page; `login_url` and `logout_url` link the standalone server's sign-in.
     `clock` (default: the system's UTC time) dates the overview's windows.
     `csrf_binding(request, actor)` is what form tokens are bound to: your session's id if
     you have one (default: the actor's name).
+
+    `policy_store` (a `PolicyStore`) turns on the policy page's editing: the versions,
+    the editor, the preview (a replay of `ledger`'s usage, default: `transactions`
+    beside the balances), apply and roll back. Build the refiller on the same store so
+    this process serves the active version; without a store the policy is read only.
+    History and reads use the refiller's own ledger.
     """
-    del ledger  # the refiller's ledger is the one read
     if not callable(authorize):
         raise TypeError("admin_app needs authorize=callable(request) -> actor name or None")
     if isinstance(page_size, bool) or not isinstance(page_size, int) or not 5 <= page_size <= 200:
@@ -63,7 +70,13 @@ def admin_app(
         database = getattr(balances, "database", None)
         if database is not None:
             forms = database[FORMS]
-    pages = AdminPages(
+    if policy_store is not None and not isinstance(policy_store, PolicyStore):
+        raise TypeError("policy_store must be a balance_refill.PolicyStore")
+    if ledger is None and balances is not None:
+        database = getattr(balances, "database", None)
+        if database is not None:
+            ledger = database["transactions"]
+    pages = PolicyPages(
         refiller,
         authorize,
         directory=refiller.directory.with_users(users),
@@ -74,6 +87,8 @@ def admin_app(
         page_size=page_size,
         clock=clock or (lambda: datetime.now(UTC)),
         binding=csrf_binding or actor_binding,
+        policy_store=policy_store,
+        transactions=ledger,
     )
     app = Starlette(
         routes=[
@@ -82,6 +97,11 @@ def admin_app(
             Route("/users/{action}", pages.action, methods=["POST"], name="action"),
             Route("/lists", pages.lists, methods=["GET"], name="lists"),
             Route("/policy", pages.policy, methods=["GET"], name="policy"),
+            Route("/policy/edit", pages.policy_edit, methods=["GET"], name="policy_edit"),
+            Route("/policy/edit", pages.policy_change, methods=["POST"], name="policy_change"),
+            Route(
+                "/policy/activate", pages.policy_activate, methods=["POST"], name="policy_activate"
+            ),
             Mount(
                 "/static",
                 app=StaticFiles(packages=[("balance_refill.web", "static")]),

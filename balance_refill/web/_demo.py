@@ -1,10 +1,9 @@
 """The standalone server's demo data: a few users over about 95 days, with the library's
-refills and grants and LibreChat-shaped spend rows beside them, and their profiles in a
-`users` collection."""
+refills and grants and the spend rows LibreChat writes for each message beside them (the
+policy preview replays those), and their profiles in a `users` collection."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,6 +60,20 @@ def librechat_turn(
     ]  # fmt: skip
 
 
+def librechat_spend(user: object, when: datetime, cost: int) -> list[dict[str, Any]]:
+    """The rows LibreChat writes for one message costing `cost` credits in all (the
+    policy page's preview replays them as demand)."""
+    conversation = str(ObjectId())
+    prompt = cost * 3 // 10
+    return [
+        {"user": user, "conversationId": conversation, "tokenType": kind, "model": "gpt-4o-mini",
+         "context": "message", "rawAmount": -tokens, "rate": value / tokens,
+         "tokenValue": -value, "createdAt": when, "updatedAt": when}
+        for kind, tokens, value in (("prompt", cost * 4, prompt),
+                                    ("completion", cost, cost - prompt))
+    ]  # fmt: skip
+
+
 async def seed_demo(refiller_for: Any, balances: Any, ledger: Any, users: Any) -> None:
     """Fill the demo database: four users, about 95 days of spending, refills and grants."""
     now = datetime.now(UTC).replace(microsecond=0)
@@ -81,8 +94,14 @@ async def seed_demo(refiller_for: Any, balances: Any, ledger: Any, users: Any) -
             await sim.ensure_balance(user)
             for _ in range(3):
                 clock_now[0] += timedelta(minutes=17)
-                with contextlib.suppress(InsufficientCredits):
+                try:
                     await sim.spend(user, cost)
+                except InsufficientCredits:
+                    continue
+                if user != ALICE:  # her rows come from LibreChat's own path, below
+                    await Store(ledger).insert_rows(
+                        ledger, librechat_spend(user, clock_now[0], cost)
+                    )
         if day == 40:
             await sim.admin.grant(
                 "ben@example.com", 5_000, actor="demo-admin", reason="goodwill: outage on Oct 2"

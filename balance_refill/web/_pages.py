@@ -5,7 +5,6 @@ the policy. Every read goes through the library (`refiller.directory`, `get_stat
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -39,7 +38,7 @@ class Pages(Base):
         if actor is None:
             return self.unauthorized(request)
         stats = await self.directory.overview(self.clock())
-        tiers = list(as_tiered(self.refiller.policy).tiers)
+        tiers = list(as_tiered(await self.refiller.refresh_policy()).tiers)
         return self.render(request, "overview.html", actor=actor, stats=stats, tiers=tiers)
 
     async def users(self, request: Request) -> Response:
@@ -158,7 +157,7 @@ class Pages(Base):
             balance_chart=balance_line(series, title) if series else None,
             balance_rebuilt=rebuilt,
             spend_chart=spend_bars(snapshot.spend_history, state.spent_since_refill),
-            tiers=list(as_tiered(self.refiller.policy).tiers),
+            tiers=list(as_tiered(await self.refiller.refresh_policy()).tiers),
             errors=dict(errors or {}),
             form=dict(form or {}),
             open_action=open_action,
@@ -166,29 +165,4 @@ class Pages(Base):
             history_cap=HISTORY_CAP,
             per=per,
             seen=snapshot.version,
-        )
-
-    async def policy(self, request: Request) -> Response:
-        actor = await self.actor(request)
-        if actor is None:
-            return self.unauthorized(request)
-        tiers = as_tiered(self.refiller.policy)
-        preview: Any = None
-        preview_error = None
-        if request.query_params.get("preview") == "1":
-            try:
-                preview = await self.refiller.sweep(dry_run=True, limit=HISTORY_CAP)
-            except BalanceRefillError as exc:
-                preview_error = str(exc)
-        return self.render(
-            request,
-            "policy.html",
-            actor=actor,
-            tiers={name: p.describe() for name, p in tiers.tiers.items()},
-            default_tier=tiers.default_tier,
-            rules=[rule.describe() for rule in tiers.rules],
-            preview=preview,
-            preview_error=preview_error,
-            skip_words=SKIP_WORDS,
-            preview_limit=HISTORY_CAP,
         )

@@ -16,7 +16,7 @@ KNOWN = {
     "updatedAt", "balanceBefore", "balanceAfter", "source", "actor", "reason", "tier",
     "previousTier", "tierPinned", "autoRefillEnabled", "mode", "trigger", "model",
     "conversationId", "messageId", "valueKey", "inputTokens", "writeTokens", "readTokens",
-    "tenantId", "__v",
+    "tenantId", "__v", "policyVersion",
 }  # fmt: skip
 MAX_TEXT = 160
 MAX_EXTRA = 8
@@ -115,6 +115,8 @@ def describe(row: Mapping[str, object]) -> Row:
         for key in ("mode", "trigger", "model"):
             if row.get(key) is not None:
                 details.append(text(row.get(key)))
+        if row.get("policyVersion") is not None:
+            details.append(f"policy v{text(row.get('policyVersion'))}")
     extra = [f"{key}: {text(row.get(key))}" for key in sorted(map(str, row)) if key not in KNOWN]
     return Row(
         id=text(row.get("_id")),

@@ -15,7 +15,16 @@ Rules:
   `--behind-tls-proxy` says a TLS-terminating reverse proxy is in front (its
   `X-Forwarded-*` headers are trusted from `--forwarded-allow-ips`).
 * With no `uri` (no `MONGODB_URI`), it serves embedded demo data (an in-memory mock,
-  seeded with a few users), labelled as demo data on every page.
+  seeded with a few users, and a policy store holding version 1 so that the policy can
+  be edited), labelled as demo data on every page.
+* The policy: `--policy FILE` serves that fixed policy (the policy page is read only).
+  Without it, the database's policy store (`balance_refill_policies`) must have an
+  active version: the refiller is built on the store (it reads the active version at
+  most once per `--policy-refresh` seconds) and the policy page can edit, preview,
+  apply and roll back.
+* `--metrics` mounts `/metrics` (Prometheus' text format) behind the admin token, sent
+  as `Authorization: Bearer <token>`. It needs `opentelemetry-sdk` and
+  `opentelemetry-exporter-prometheus`, and is refused with `--insecure-local`.
 """
 
 from __future__ import annotations
@@ -27,23 +36,26 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from balance_refill import (
     BalanceRefiller,
     BalanceRefillError,
+    NoActivePolicy,
+    PolicyStore,
     RefillPolicy,
     TieredPolicy,
     load_policy_file,
 )
 from balance_refill.policy import AnyPolicy
+from balance_refill.policy_store import DEFAULT_COLLECTION
 
 from ._app import admin_app
 from ._demo import DEMO_BANNER, DEMO_POLICY, seed_demo
@@ -86,9 +98,12 @@ def standalone_app(
     lifespan: Any | None = None,
     sessions: Sessions | None = None,
     limits: SignInLimits | None = None,
+    policy_store: PolicyStore | None = None,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The admin pages behind a token sign-in (or, with `token=None`, open: only for
-    `--insecure-local`, which `serve` checks)."""
+    `--insecure-local`, which `serve` checks). `policy_store` turns on the policy
+    page's editing (see `admin_app`); `routes` are served beside the pages (`/metrics`)."""
     if token is None:
         banner = f"{INSECURE_BANNER} {banner or ''}".strip()
     live = sessions or Sessions()
@@ -170,12 +185,14 @@ def standalone_app(
         login_url=None if token is None else "/login",
         logout_url=None if token is None else "/logout",
         csrf_binding=binding,
+        policy_store=policy_store,
     )
     app = Starlette(
         routes=[
             Route("/login", login_form, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
+            *routes,
             Mount("/", app=pages),
         ],
         lifespan=lifespan,
@@ -189,7 +206,48 @@ def _fail(out: TextIO, message: str) -> int:
     return 2
 
 
-def serve(
+def _refusal(
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    insecure_local: bool,
+    behind_tls_proxy: bool,
+    metrics: bool,
+    policy_refresh: float,
+) -> str | None:
+    """Why `serve` must not start with these settings, or None."""
+    if metrics and insecure_local:
+        return (
+            "--metrics and --insecure-local exclude each other: /metrics is served "
+            f"behind the admin token ({TOKEN_ENV}) as a bearer token"
+        )
+    if not 1 <= policy_refresh <= 3600:
+        return f"--policy-refresh must be 1 to 3600 seconds, got {policy_refresh:g}"
+    if insecure_local and host != LOOPBACK:
+        return f"--insecure-local only binds to {LOOPBACK}, not {host}"
+    if token is None and not insecure_local:
+        return (
+            f"set {TOKEN_ENV} (at least {MIN_TOKEN_LENGTH} characters) to start; "
+            f"for a local look without sign-in, use --host {LOOPBACK} --insecure-local"
+        )
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        return f"{TOKEN_ENV} is too short (at least {MIN_TOKEN_LENGTH} characters)"
+    if token is not None and insecure_local:
+        return f"--insecure-local and {TOKEN_ENV} exclude each other"
+    if host not in LOOPBACK_HOSTS and not behind_tls_proxy:
+        return (
+            f"refusing plain http on {host}: the admin token and session would cross the "
+            "network unencrypted (and browsers drop the Secure cookie); bind to "
+            f"{LOOPBACK}, or put a TLS-terminating reverse proxy in front and pass "
+            "--behind-tls-proxy"
+        )
+    if not 0 < port < 65536:
+        return f"port must be 1-65535, got {port}"
+    return None
+
+
+def serve(  # noqa: PLR0912, PLR0915 - the start in order: refusals, connection, app
     *,
     host: str = LOOPBACK,
     port: int = 8080,
@@ -206,91 +264,111 @@ def serve(
     create_lookup_indexes: bool = False,
     log_level: str = "info",
     out: TextIO | None = None,
+    policies_collection: str = DEFAULT_COLLECTION,
+    policy_refresh: float = 30.0,
+    metrics: bool = False,
 ) -> int:
     """Run the admin pages with uvicorn until interrupted; returns an exit code (2: refused
-    to start). `uri=None` serves the embedded demo data; otherwise `policy` (a policy or
-    a policy file) is required."""
+    to start). `uri=None` serves the embedded demo data (its policy in a policy store);
+    otherwise `policy` (a policy or a policy file), or an active version in the
+    database's policy store, is required. `metrics` mounts `/metrics` behind the token."""
     err = out or sys.stderr
     token = os.environ.get(TOKEN_ENV, "").strip() or None
-    if insecure_local and host != LOOPBACK:
-        return _fail(err, f"--insecure-local only binds to {LOOPBACK}, not {host}")
-    if token is None and not insecure_local:
-        return _fail(
-            err,
-            f"set {TOKEN_ENV} (at least {MIN_TOKEN_LENGTH} characters) to start; "
-            f"for a local look without sign-in, use --host {LOOPBACK} --insecure-local",
-        )
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        return _fail(err, f"{TOKEN_ENV} is too short (at least {MIN_TOKEN_LENGTH} characters)")
-    if token is not None and insecure_local:
-        return _fail(err, f"--insecure-local and {TOKEN_ENV} exclude each other")
-    if host not in LOOPBACK_HOSTS and not behind_tls_proxy:
-        return _fail(
-            err,
-            f"refusing plain http on {host}: the admin token and session would cross the "
-            "network unencrypted (and browsers drop the Secure cookie); bind to "
-            f"{LOOPBACK}, or put a TLS-terminating reverse proxy in front and pass "
-            "--behind-tls-proxy",
-        )
-    if not 0 < port < 65536:
-        return _fail(err, f"port must be 1-65535, got {port}")
+    refused = _refusal(
+        host=host, port=port, token=token, insecure_local=insecure_local,
+        behind_tls_proxy=behind_tls_proxy, metrics=metrics, policy_refresh=policy_refresh,
+    )  # fmt: skip
+    if refused is not None:
+        return _fail(err, refused)
     try:
         import uvicorn  # noqa: PLC0415 - the `web` extra, only needed to serve
 
         from balance_refill._connect import connect  # noqa: PLC0415
     except ImportError as exc:
         return _fail(err, f"needs the web extra: pip install 'balance_refill[web]' ({exc.name})")
+    endpoint: Any = None
+    if metrics:
+        try:
+            from ._metrics import PrometheusEndpoint, bearer_token  # noqa: PLC0415 - optional
+        except ImportError:
+            return _fail(
+                err, "--metrics needs opentelemetry-sdk and opentelemetry-exporter-prometheus: "
+                "pip install opentelemetry-sdk opentelemetry-exporter-prometheus",
+            )  # fmt: skip
     demo = uri is None
+    source: AnyPolicy | PolicyStore
     if demo:
-        chosen: AnyPolicy = DEMO_POLICY
         try:
             conn = connect(None, "demo")
         except ImportError:
             return _fail(err, "demo data needs mongomock-motor: pip install 'balance_refill[cli]'")
     else:
-        if policy is None:
-            return _fail(err, "pass a policy (--policy FILE or BALANCE_REFILL_POLICY)")
         try:
-            chosen = (
-                policy
-                if isinstance(policy, RefillPolicy | TieredPolicy)
-                else load_policy_file(policy)
-            )
+            problem = None
+            if policy is None:
+                problem = asyncio.run(
+                    _stored_policy_problem(connect, uri, database, policies_collection)
+                )
+            if problem is not None:
+                return _fail(err, problem)
+            fixed = _fixed(policy)
             conn = connect(uri, database or "LibreChat")
         except BalanceRefillError as exc:
             return _fail(err, str(exc))
     balances = conn.collection(balances_collection)
     ledger = conn.collection(transactions_collection)
     users = conn.collection(users_collection)
+    store = None
+    if demo or fixed is None:
+        store = PolicyStore(conn.collection(policies_collection))
+        source = store
+    else:
+        source = fixed
+    if endpoint is None and metrics:
+        endpoint = PrometheusEndpoint()
+    refresh = timedelta(seconds=policy_refresh)
 
-    def make(clock: Any = None) -> BalanceRefiller:
-        return BalanceRefiller(balances, chosen, ledger=ledger, clock=clock, user_ids=user_ids)
+    def make(clock: Any = None, every: timedelta = refresh, **extra: Any) -> BalanceRefiller:
+        return BalanceRefiller(balances, source, ledger=ledger, clock=clock, user_ids=user_ids,
+                               policy_refresh=every, **extra)  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if demo:
-            await make().ensure_indexes()
-            await seed_demo(make, balances, ledger, users)
-        if create_lookup_indexes:
-            made = await make().directory.with_users(users).create_lookup_indexes()
-            err.write(
-                f"balance-refill serve: created indexes: {', '.join(made) or 'none missing'}\n"
-            )
         try:
+            if demo:
+                assert store is not None  # noqa: S101 - the demo always has one
+                version = await store.push(DEMO_POLICY, actor="demo", reason="the demo's policy")
+                await store.activate(version, actor="demo", reason="the demo's policy")
+                await make().ensure_indexes()
+                await seed_demo(lambda clock: make(clock, timedelta(days=3650)), balances,
+                                ledger, users)  # fmt: skip
+            if create_lookup_indexes:
+                made = await make().directory.with_users(users).create_lookup_indexes()
+                err.write(
+                    f"balance-refill serve: created indexes: {', '.join(made) or 'none missing'}\n"
+                )
             yield
         finally:
+            if endpoint is not None:
+                endpoint.shutdown()
             await conn.close()
 
+    extra = {} if endpoint is None else {"metrics": endpoint.metrics}
     app = standalone_app(
-        make(),
+        make(**extra),
         token=token,
         balances=balances,
         ledger=ledger,
         users=users,
         banner=DEMO_BANNER if demo else None,
         lifespan=lifespan,
+        policy_store=store,
+        routes=[] if endpoint is None else [endpoint.route(authorize=bearer_token(token or ""))],
     )
     where = "demo data (in memory)" if demo else "the database at MONGODB_URI"
+    where += ", policy " + ("from the policy store" if store is not None else "fixed (--policy)")
+    if endpoint is not None:
+        where += ", /metrics behind the token"
     scheme = "https (through the proxy)" if behind_tls_proxy else "http"
     err.write(f"balance-refill serve: {scheme} {host}:{port} on {where}\n")
     config = uvicorn.Config(
@@ -299,6 +377,36 @@ def serve(
     )  # fmt: skip
     asyncio.run(uvicorn.Server(config).serve())
     return 0
+
+
+def _fixed(policy: AnyPolicy | str | Path | None) -> AnyPolicy | None:
+    if policy is None or isinstance(policy, RefillPolicy | TieredPolicy):
+        return policy
+    return load_policy_file(policy)
+
+
+async def _stored_policy_problem(
+    connect: Any, uri: str | None, database: str | None, collection: str
+) -> str | None:
+    """None when the database's policy store has an active version, else why `serve`
+    cannot start without --policy (one short-lived connection)."""
+    conn = connect(uri, database or "LibreChat")
+    try:
+        await PolicyStore(conn.collection(collection)).active()
+    except NoActivePolicy:
+        return (
+            f"pass a policy (--policy FILE or BALANCE_REFILL_POLICY): the policy store "
+            f"({collection}) has no active version (balance-refill policy push FILE "
+            "--reason ..., then policy activate 1 --reason ...)"
+        )
+    except BalanceRefillError as exc:
+        return (
+            f"pass a policy (--policy FILE or BALANCE_REFILL_POLICY): the policy store "
+            f"({collection}) could not be read: {exc}"
+        )
+    finally:
+        await conn.close()
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,7 +429,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="create the indexes the find and list pages use (a pass over each collection)",
     )
     parser.add_argument("--users-collection", default="users")
-    parser.add_argument("--policy", default=os.environ.get("BALANCE_REFILL_POLICY"))
+    parser.add_argument(
+        "--policy",
+        default=os.environ.get("BALANCE_REFILL_POLICY"),
+        help="serve this fixed policy (default: the active version of the policy store)",
+    )
+    parser.add_argument("--policies-collection", default=DEFAULT_COLLECTION)
+    parser.add_argument(
+        "--policy-refresh",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="read the store's active version at most this often (30)",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve /metrics behind the admin token as a bearer token (needs the "
+        "opentelemetry-sdk and opentelemetry-exporter-prometheus packages)",
+    )
     parser.add_argument("--database", default=os.environ.get("BALANCE_REFILL_DATABASE"))
     args = parser.parse_args(argv)
     return serve(
@@ -335,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri=os.environ.get("MONGODB_URI") or None,
         database=args.database,
         policy=args.policy,
+        policies_collection=args.policies_collection,
+        policy_refresh=args.policy_refresh,
+        metrics=args.metrics,
     )
 
 
