@@ -252,11 +252,15 @@ class Engine:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def read_or_create(self, user: UserId, now: datetime) -> S.Record:
+    async def read_or_create(
+        self, user: UserId, now: datetime, projection: S.Update | None = None
+    ) -> S.Record:
         """One call: the user's oldest document, created first if the user is new.
 
         The call returns the document as it was before (None when it created it) and the
-        document after is derived here, so a LibreChat refill switch found on is logged."""
+        document after is derived here, so a LibreChat refill switch found on is logged.
+        `projection` leaves out fields the caller does not need (the record then lacks
+        them)."""
         default = self.tiers.tiers[self.tiers.default_tier]
         insert = S.first_seen_insert(
             user,
@@ -267,7 +271,7 @@ class Engine:
         update = S.first_seen_update(insert, now)
         for _ in range(3):
             try:
-                before = await self.store.upsert_before(S.by_user(user), update)
+                before = await self.store.upsert_before(S.by_user(user), update, projection)
             except DuplicateKey:
                 # Two first requests raced: the other one created the document.
                 log.debug("first-seen race for %r; reading again", user)

@@ -331,6 +331,49 @@ def spend_pipeline(
     ]
 
 
+def fast_spend_filter(doc_id: object, user: UserId, amount: Credits, key: int) -> Update:
+    """The steady-state spend's filter, in plain query operators: the user's oldest
+    document (`doc_id`, learned from an earlier read), its balance covering `amount`
+    with no credits reserved by LibreChat, LibreChat's own refill switch off (a document
+    the library already manages) and the request key not seen. Stricter than
+    `spend_pipeline`'s rule, never looser: whatever it misses, the pipeline decides."""
+    return {
+        "_id": doc_id,
+        USER: user,
+        CREDITS: {"$gte": amount},
+        RESERVED: {"$not": {"$gt": 0}},
+        AUTO: False,
+        RECENT: {"$ne": key},
+    }
+
+
+def fast_spend_update(amount: Credits, key: int, now: datetime, window: int) -> Update:
+    """The steady-state spend's update: what `spend_pipeline` writes when it charges, as
+    update operators (no pipeline for the server to evaluate)."""
+    return {
+        "$inc": {CREDITS: -amount, SPENT: amount},
+        "$push": {
+            RECENT: {"$each": [key], "$slice": -window},
+            RECENT_AMOUNTS: {"$each": [amount], "$slice": -window},
+        },
+        "$max": {LAST_SEEN: now},
+    }
+
+
+FAST_PROJECTION: Update = {
+    RECENT: 0,
+    RECENT_AMOUNTS: 0,
+    RECENT_OPS: 0,
+    RECENT_ADMIN: 0,
+    HISTORY: 0,
+}
+"""What the steady-state spend reads back: the document without its long arrays (the
+reported state needs none of them)."""
+READ_PROJECTION: Update = {RECENT: 0, RECENT_AMOUNTS: 0, RECENT_ADMIN: 0}
+"""What `ensure_balance` reads: everything a refill decision and its compare-and-swap
+need (the spend history, the op ids of the lost-reply check), not the request window."""
+
+
 def after_uncharged_spend(record: Record) -> Record:
     """The record as a `spend_pipeline` that did not charge left it, from the one it
     returned as it was before: it still wrote missing counters as 0, so a

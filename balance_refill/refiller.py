@@ -34,6 +34,9 @@ from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
 
 log = logging.getLogger(__name__)
 
+DOC_ID_CACHE = 100_000
+"""Users whose balance document `_id` a refiller remembers (then it starts afresh)."""
+
 
 class BalanceRefiller:
     """Keeps users' `tokenCredits` topped up according to a policy.
@@ -83,6 +86,16 @@ class BalanceRefiller:
         self.admin = Admin(self._engine)
         """The admin operations (`grant`, `set_balance`, `set_tier`, `set_auto_refill`,
         `refill_now`, `history`); also callable on the refiller itself."""
+        self._doc_ids: dict[UserId, object] = {}
+        """User -> `_id` of the user's oldest balance document, learned from this
+        refiller's reads (bounded): the steady-state spend names the document by it."""
+
+    def _learn(self, user: UserId, doc_id: object) -> None:
+        doc_ids = self._doc_ids
+        if doc_id != doc_ids.get(user):
+            if len(doc_ids) >= DOC_ID_CACHE:
+                doc_ids.clear()
+            doc_ids[user] = doc_id
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -99,7 +112,9 @@ class BalanceRefiller:
         now = engine.now()
 
         async def read() -> S.Record:
-            return await engine.read_or_create(user, now)
+            record = await engine.read_or_create(user, now, S.READ_PROJECTION)
+            self._learn(user, record.id)
+            return record
 
         def decide(record: S.Record) -> Change | None:
             plan = plan_refill(engine.tiers, record.state, now, needed)
@@ -129,6 +144,16 @@ class BalanceRefiller:
             request_id = check_text(request_id, what="request_id", max_length=256)
             key = request_key(request_id)
         now = engine.now()
+        doc_id = self._doc_ids.get(user)
+        if doc_id is not None:  # the steady state: one plain conditional update
+            raw = await engine.store.modify_by_id(
+                "spend",
+                S.fast_spend_filter(doc_id, user, amount, key),
+                S.fast_spend_update(amount, key, now, engine.request_window),
+                S.FAST_PROJECTION,
+            )
+            if raw is not None:  # charged; the record is from before the charge
+                return engine.state(await engine.settled(S.parse(raw)), now, charged=amount)
         pipeline = S.spend_pipeline(amount, key, now, engine.request_window)
         outcome = SpendOutcome.INSUFFICIENT
 
@@ -139,6 +164,7 @@ class BalanceRefiller:
                 raw = await engine.store.modify("spend", S.by_user(user), pipeline, before=True)
                 if raw is not None:
                     record = await engine.settled(S.parse(raw))
+                    self._learn(user, record.id)
                     seen = key in record.recent
                     if seen and request_id is not None:
                         original = record.spent_amount(key)
@@ -323,6 +349,8 @@ class BalanceRefiller:
             name, keys = S.LEDGER_INDEX
             names.append(await store.create_index(engine.ledger, keys, name=name))
         converted = 0 if engine.user_ids == "str" else await _adopt_hex_users(store)
+        if converted:  # a converted document may now be some user's oldest
+            self._doc_ids.clear()
         found = await store.aggregate(store.balances, S.DUPLICATE_USERS)
         duplicates = {d["_id"]: int(d["n"]) for d in found}
         if duplicates:
