@@ -98,13 +98,21 @@ UNKNOWN = object()
 """An amount a remembered request id does not carry (written by an older version)."""
 
 
+_INF = float("inf")
+
+
 def _num(value: object) -> Credits:
     """A stored number, exactly as stored; anything else (missing, NaN, text) is 0."""
+    kind = type(value)
+    if kind is int:  # the common cases first, by exact type (the hot path reads nine)
+        return value  # type: ignore[return-value]  # an int, by its exact type
+    if kind is float:
+        return value if -_INF < value < _INF else 0  # type: ignore[operator,return-value]  # NaN: False
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value == value and abs(value) != float("inf"):  # noqa: PLR0124 - NaN test
+    if isinstance(value, float) and value == value and abs(value) != _INF:  # noqa: PLR0124 - NaN test
         return value
     return 0
 
@@ -120,55 +128,64 @@ def _text(value: object) -> str | None:
 def parse(doc: Document) -> Record:
     """Read a balance document, tolerating LibreChat's quirks (missing or odd fields)."""
     get = doc.get
+    doc_id = get("_id")
+    user: Any = get(USER)
+    credits = get(CREDITS)
+    reserved = get(RESERVED)
+    last_refill = get(LAST_REFILL)
+    paused = get(PAUSED)
+    tier = get(TIER)
+    spent = get(SPENT)
+    pinned = get(PINNED)
     history = get(HISTORY)
     recent = get(RECENT)
     amounts = get(RECENT_AMOUNTS)
     ops = get(RECENT_OPS)
     admin = get(RECENT_ADMIN)
     pending = get(PENDING)
+    refill_tier = get(REFILL_TIER)
     cas: Update = {
-        "_id": get("_id"),
-        USER: get(USER),
-        CREDITS: get(CREDITS),
-        RESERVED: get(RESERVED),
-        LAST_REFILL: get(LAST_REFILL),
-        PAUSED: get(PAUSED),
-        TIER: get(TIER),
-        SPENT: get(SPENT),
-        PINNED: get(PINNED),
+        "_id": doc_id,
+        USER: user,
+        CREDITS: credits,
+        RESERVED: reserved,
+        LAST_REFILL: last_refill,
+        PAUSED: paused,
+        TIER: tier,
+        SPENT: spent,
+        PINNED: pinned,
         PENDING: None,
     }
-    user: Any = get(USER)
     refill_pending = get(PENDING_REFILL) is not None
     if not refill_pending:
         cas[PENDING_REFILL] = None  # LibreChat's refill must not start under our write
+    spent_n = _num(spent)
     state = UserState(
-        balance=_num(get(CREDITS, 0)),
-        reserved=_num(get(RESERVED, 0)),
-        last_refill=_date(get(LAST_REFILL)),
-        paused=get(PAUSED) is True,
-        tier=_text(get(TIER)),
-        refill_tier=_text(get(REFILL_TIER)),
-        pinned=get(PINNED) is True,
-        spent=max(_num(get(SPENT, 0)), 0),
-        history=tuple(_num(x) for x in history) if isinstance(history, list) else (),
-        refill_pending=refill_pending,
+        _num(credits),
+        _num(reserved),
+        as_utc(last_refill) if isinstance(last_refill, datetime) else None,
+        paused is True,
+        tier if isinstance(tier, str) else None,
+        refill_tier if isinstance(refill_tier, str) else None,
+        pinned is True,
+        spent_n if spent_n > 0 else 0,
+        tuple(map(_num, history)) if isinstance(history, list) else (),
+        refill_pending,
     )
+    seen = get(LAST_SEEN)
     return Record(
-        id=get("_id"),
-        user=user,
-        state=state,
-        cas=cas,
-        pending=pending if isinstance(pending, Mapping) else None,
-        op_id=get(OP_ID),
-        recent=tuple(recent) if isinstance(recent, list) else (),
-        last_seen=_date(get(LAST_SEEN)),
-        librechat_auto=get(AUTO) is True,
-        recent_amounts=tuple(amounts) if isinstance(amounts, list) else (),
-        recent_ops=tuple(ops) if isinstance(ops, list) else (),
-        recent_admin=tuple(e for e in admin if isinstance(e, Mapping))
-        if isinstance(admin, list)
-        else (),
+        doc_id,
+        user,
+        state,
+        cas,
+        pending if isinstance(pending, Mapping) else None,
+        get(OP_ID),
+        tuple(recent) if isinstance(recent, list) else (),
+        as_utc(seen) if isinstance(seen, datetime) else None,
+        get(AUTO) is True,
+        tuple(amounts) if isinstance(amounts, list) else (),
+        tuple(ops) if isinstance(ops, list) else (),
+        tuple(e for e in admin if isinstance(e, Mapping)) if isinstance(admin, list) else (),
     )
 
 

@@ -34,8 +34,8 @@ from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
 
 log = logging.getLogger(__name__)
 
-DOC_ID_CACHE = 100_000
-"""Users whose balance document `_id` a refiller remembers (then it starts afresh)."""
+KNOWN_USERS = 100_000
+"""Users whose balance document a refiller remembers (then it starts afresh)."""
 
 
 class BalanceRefiller:
@@ -86,16 +86,20 @@ class BalanceRefiller:
         self.admin = Admin(self._engine)
         """The admin operations (`grant`, `set_balance`, `set_tier`, `set_auto_refill`,
         `refill_now`, `history`); also callable on the refiller itself."""
-        self._doc_ids: dict[UserId, object] = {}
-        """User -> `_id` of the user's oldest balance document, learned from this
-        refiller's reads (bounded): the steady-state spend names the document by it."""
+        self._known: dict[UserId, tuple[object, Credits]] = {}
+        """User -> (`_id` of the user's oldest balance document, the credits the plain
+        spend could charge there when last seen), learned from this refiller's reads and
+        bounded: the steady-state spend names the document by it, and is not tried when
+        it would surely miss (a refill due, credits reserved)."""
 
-    def _learn(self, user: UserId, doc_id: object) -> None:
-        doc_ids = self._doc_ids
-        if doc_id != doc_ids.get(user):
-            if len(doc_ids) >= DOC_ID_CACHE:
-                doc_ids.clear()
-            doc_ids[user] = doc_id
+    def _learn(self, record: S.Record, balance: Credits) -> None:
+        """Remember `record`'s document, and `balance` as what the plain spend can
+        charge (nothing while LibreChat holds reserved credits on it)."""
+        known = self._known
+        if len(known) >= KNOWN_USERS and record.user not in known:
+            known.clear()
+        spendable = balance if record.state.reserved <= 0 else -1
+        known[record.user] = (record.id, spendable)
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -112,16 +116,16 @@ class BalanceRefiller:
         now = engine.now()
 
         async def read() -> S.Record:
-            record = await engine.read_or_create(user, now, S.READ_PROJECTION)
-            self._learn(user, record.id)
-            return record
+            return await engine.read_or_create(user, now, S.READ_PROJECTION)
 
         def decide(record: S.Record) -> Change | None:
             plan = plan_refill(engine.tiers, record.state, now, needed)
             return None if plan is None else engine.plan_change(record, now, plan)
 
         done = await engine.commit("refill", read, decide)
-        return engine.state(done.record, now, done.change)
+        state = engine.state(done.record, now, done.change)
+        self._learn(done.record, state.balance)
+        return state
 
     async def spend(
         self, user_id: UserId, amount: Credits, *, request_id: str | None = None
@@ -144,16 +148,19 @@ class BalanceRefiller:
             request_id = check_text(request_id, what="request_id", max_length=256)
             key = request_key(request_id)
         now = engine.now()
-        doc_id = self._doc_ids.get(user)
-        if doc_id is not None:  # the steady state: one plain conditional update
+        known = self._known.get(user)
+        if known is not None and known[1] >= amount:  # the steady state: one plain update
             raw = await engine.store.modify_by_id(
                 "spend",
-                S.fast_spend_filter(doc_id, user, amount, key),
+                S.fast_spend_filter(known[0], user, amount, key),
                 S.fast_spend_update(amount, key, now, engine.request_window),
                 S.FAST_PROJECTION,
             )
             if raw is not None:  # charged; the record is from before the charge
-                return engine.state(await engine.settled(S.parse(raw)), now, charged=amount)
+                record = await engine.settled(S.parse(raw))
+                state = engine.state(record, now, charged=amount)
+                self._learn(record, state.balance)
+                return state
         pipeline = S.spend_pipeline(amount, key, now, engine.request_window)
         outcome = SpendOutcome.INSUFFICIENT
 
@@ -164,7 +171,7 @@ class BalanceRefiller:
                 raw = await engine.store.modify("spend", S.by_user(user), pipeline, before=True)
                 if raw is not None:
                     record = await engine.settled(S.parse(raw))
-                    self._learn(user, record.id)
+                    self._learn(record, record.state.balance)
                     seen = key in record.recent
                     if seen and request_id is not None:
                         original = record.spent_amount(key)
@@ -190,10 +197,13 @@ class BalanceRefiller:
 
         done = await engine.commit("refill", read, decide)
         if outcome is SpendOutcome.CHARGED:  # the one call charged: the record is from before
-            return engine.state(done.record, now, done.change, charged=amount)
-        if outcome is SpendOutcome.INSUFFICIENT and not (done.change and done.change.charged):
+            state = engine.state(done.record, now, done.change, charged=amount)
+        elif outcome is SpendOutcome.INSUFFICIENT and not (done.change and done.change.charged):
             raise engine.refused(done.record, amount, now)
-        return engine.state(done.record, now, done.change)
+        else:
+            state = engine.state(done.record, now, done.change)
+        self._learn(done.record, state.balance)
+        return state
 
     async def get_state(self, user_id: UserId) -> BalanceState:
         """The user's state, read only: creates nothing, changes nothing (one call)."""
@@ -350,7 +360,7 @@ class BalanceRefiller:
             names.append(await store.create_index(engine.ledger, keys, name=name))
         converted = 0 if engine.user_ids == "str" else await _adopt_hex_users(store)
         if converted:  # a converted document may now be some user's oldest
-            self._doc_ids.clear()
+            self._known.clear()
         found = await store.aggregate(store.balances, S.DUPLICATE_USERS)
         duplicates = {d["_id"]: int(d["n"]) for d in found}
         if duplicates:

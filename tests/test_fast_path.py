@@ -114,24 +114,43 @@ async def test_retried_id_reads_once_and_charges_once(
     assert (doc["tokenCredits"], doc["recentAmounts"]) == (970, [30])
 
 
-async def test_insufficient_without_refill_is_two_calls(
+async def test_insufficient_without_refill_is_one_pipeline_call(
     refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
 ) -> None:
-    """Not covered, nothing due: the plain update misses, the pipeline reads, the spend is
-    refused and nothing is charged."""
+    """Not covered, nothing due, as the refiller last saw the balance: the plain update is
+    not tried; the pipeline reads, the spend is refused and nothing is charged."""
     await seed(balances, clock, tokenCredits=20)
     await warm(refiller, log)
     with pytest.raises(InsufficientCredits):
         await refiller.spend("u1", 30)
-    assert [is_pipeline(c) for c in log.calls] == [False, True]
+    assert [is_pipeline(c) for c in log.calls] == [True]
     assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 20
+
+
+async def test_balance_changed_elsewhere(
+    refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
+) -> None:
+    """What the refiller remembers of the balance only picks the path: credits added by
+    another writer are charged (by the pipeline, one call), credits taken by another
+    writer make the plain update miss and the pipeline refuse (two calls)."""
+    await seed(balances, clock, tokenCredits=20)
+    await warm(refiller, log)
+    await balances.inner.update_one({"user": "u1"}, {"$inc": {"tokenCredits": 100}})
+    state = await refiller.spend("u1", 30)
+    assert ([is_pipeline(c) for c in log.calls], state.balance) == ([True], 90)
+    await balances.inner.update_one({"user": "u1"}, {"$set": {"tokenCredits": 5}})
+    log.reset()
+    with pytest.raises(InsufficientCredits):
+        await refiller.spend("u1", 30)
+    assert [is_pipeline(c) for c in log.calls] == [False, True]
+    assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 5
 
 
 async def test_refill_due_spend_calls(
     refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
 ) -> None:
-    """Not covered and due: plain update (miss), pipeline (read), compare-and-swap,
-    ledger row, marker clear: five calls, one refill."""
+    """Not covered and due: pipeline (read), compare-and-swap that also charges, ledger
+    row, marker clear: four calls, one refill; the next spend is one plain update."""
     await seed(balances, clock, tokenCredits=20)
     await warm(refiller, log)
     clock.advance(timedelta(days=31))
@@ -139,22 +158,25 @@ async def test_refill_due_spend_calls(
     assert [c.method for c in log.calls] == [
         "find_one_and_update",
         "find_one_and_update",
-        "find_one_and_update",
         "insert_one",
         "update_one",
     ]
+    assert is_pipeline(log.calls[0])
     assert (state.refilled, state.balance) == (True, 10_000 - 30)
+    log.reset()
+    await refiller.spend("u1", 30)
+    assert [is_pipeline(c) for c in log.calls] == [False]
 
 
 async def test_reserved_credits_take_the_pipeline(
     refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
 ) -> None:
-    """Credits reserved by LibreChat: the plain update never charges; the pipeline
-    charges only what the available balance covers."""
+    """Credits reserved by LibreChat: the plain update is not tried (it never charges
+    them); the pipeline charges only what the available balance covers."""
     await seed(balances, clock, reservedCredits=950)
     await warm(refiller, log)
     await refiller.spend("u1", 50)
-    assert [is_pipeline(c) for c in log.calls] == [False, True]
+    assert [is_pipeline(c) for c in log.calls] == [True]
     with pytest.raises(InsufficientCredits):
         await refiller.spend("u1", 1)
     assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 950
