@@ -60,8 +60,9 @@ async def test_steady_spend_is_one_plain_update(
     call = log.calls[0]
     assert not is_pipeline(call)
     assert "$expr" not in repr(call.args[0])
-    assert set(call.args[1]) == {"$inc", "$push", "$max"}
-    projection = call.kwargs["projection"]
+    update: Any = call.args[1]
+    assert set(update) == {"$inc", "$push", "$max"}
+    projection: Any = call.kwargs["projection"]
     assert all(projection[name] == 0 for name in BIG_ARRAYS)
     assert lint(call) == []
     assert (state.balance, state.spent_since_refill) == (970, 30)
@@ -78,7 +79,8 @@ async def test_steady_ensure_balance_is_one_call_without_the_window(
     await seed(balances, clock, recentRequests=[1, 2], recentAmounts=[5, 6])
     state = await refiller.ensure_balance("u1")
     assert [c.method for c in log.calls] == ["find_one_and_update"]
-    assert all(log.calls[0].kwargs["projection"][name] == 0 for name in BIG_ARRAYS[:2])
+    projection: Any = log.calls[0].kwargs["projection"]
+    assert all(projection[name] == 0 for name in BIG_ARRAYS[:2])
     assert (state.balance, state.refilled) == (1_000, False)
 
 
