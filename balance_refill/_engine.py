@@ -37,7 +37,7 @@ from ._validate import (
     check_user_id_mode,
     stored_user_id,
 )
-from .decide import RefillPlan, UserState, assigned_tier, auto_refill_on, next_refill, state_after
+from .decide import RefillPlan, UserState, next_refill, outlook, state_after
 from .errors import ConfigurationError, ContentionError, InsufficientCredits, UserNotFound
 from .periods import as_utc
 from .policy import AnyPolicy, TieredPolicy, as_tiered
@@ -126,6 +126,8 @@ class Engine:
     def now(self) -> datetime:
         """Read the clock once: aware UTC, millisecond precision (what MongoDB stores)."""
         value = self._clock()
+        if value.__class__ is datetime and value.tzinfo is UTC:  # the default clock's
+            return value.replace(microsecond=value.microsecond // 1000 * 1000)
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise ConfigurationError(f"the clock must return an aware datetime, got {value!r}")
         return as_utc(value)
@@ -161,18 +163,19 @@ class Engine:
     ) -> BalanceState:
         """The state to report; `charged`: a spend that `record` (read before it) misses."""
         s = record.state
+        tier, auto, next_at = outlook(self.tiers, s, now)
         return BalanceState(
-            user_id=record.user,
-            balance=s.balance - charged if charged else s.balance,
-            refilled=change is not None and change.refilled,
-            granted=0 if change is None else change.granted,
-            last_refill=s.last_refill,
-            next_refill_at=next_refill(self.tiers, s, now),
-            tier=assigned_tier(self.tiers, s),
-            auto_refill=auto_refill_on(self.tiers, s),
-            pinned=s.pinned,
-            spent_since_refill=s.spent + charged if charged else s.spent,
-            last_seen=record.last_seen,
+            record.user,
+            s.balance - charged if charged else s.balance,
+            change is not None and change.refilled,
+            0 if change is None else change.granted,
+            s.last_refill,
+            next_at,
+            tier,
+            auto,
+            s.pinned,
+            s.spent + charged if charged else s.spent,
+            record.last_seen,
         )
 
     def refill_row(
@@ -278,7 +281,9 @@ class Engine:
                 continue
             if before is not None and before.get(S.AUTO) is True:
                 switched_off(user)
-            return await self.settled(S.parse(S.after_first_seen(before, insert, user, now)))
+            if before is None:  # created it
+                return S.parse(S.after_first_seen(None, insert, user, now))
+            return await self.settled(S.parse(before, seen=now))
         raise ContentionError(f"could not read or create the balance of user {user!r}")
 
     async def find(self, user: UserId) -> S.Record:

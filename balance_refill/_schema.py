@@ -67,7 +67,8 @@ class Record(NamedTuple):
     id: Any
     user: UserId
     state: UserState
-    cas: Update
+    doc: Document
+    """The document as read: a compare-and-swap expects its values (`cas_filter`)."""
     pending: Document | None = None
     op_id: Any = None
     recent: tuple[int, ...] = ()
@@ -125,8 +126,20 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def parse(doc: Document) -> Record:
-    """Read a balance document, tolerating LibreChat's quirks (missing or odd fields)."""
+def _history(history: object) -> tuple[Credits, ...]:
+    if not isinstance(history, list):
+        return ()
+    if set(map(type, history)) <= {int}:  # whole numbers, as written: no check per value
+        return tuple(history)
+    return tuple(map(_num, history))
+
+
+def parse(doc: Document, *, seen: datetime | None = None) -> Record:
+    """Read a balance document, tolerating LibreChat's quirks (missing or odd fields).
+
+    `seen`: `doc` is as it was before `first_seen_update` at `seen` (which raised
+    `lastSeen` to at least `seen` and switched LibreChat's refill off); the record is
+    the document after it (the compare-and-swap fields are the same)."""
     get = doc.get
     doc_id = get("_id")
     user: Any = get(USER)
@@ -144,21 +157,7 @@ def parse(doc: Document) -> Record:
     admin = get(RECENT_ADMIN)
     pending = get(PENDING)
     refill_tier = get(REFILL_TIER)
-    cas: Update = {
-        "_id": doc_id,
-        USER: user,
-        CREDITS: credits,
-        RESERVED: reserved,
-        LAST_REFILL: last_refill,
-        PAUSED: paused,
-        TIER: tier,
-        SPENT: spent,
-        PINNED: pinned,
-        PENDING: None,
-    }
     refill_pending = get(PENDING_REFILL) is not None
-    if not refill_pending:
-        cas[PENDING_REFILL] = None  # LibreChat's refill must not start under our write
     spent_n = _num(spent)
     state = UserState(
         _num(credits),
@@ -169,20 +168,23 @@ def parse(doc: Document) -> Record:
         refill_tier if isinstance(refill_tier, str) else None,
         pinned is True,
         spent_n if spent_n > 0 else 0,
-        tuple(map(_num, history)) if isinstance(history, list) else (),
+        _history(history),
         refill_pending,
     )
-    seen = get(LAST_SEEN)
+    last_seen = get(LAST_SEEN)
+    last_seen = as_utc(last_seen) if isinstance(last_seen, datetime) else None
+    if seen is not None and (last_seen is None or last_seen < seen):
+        last_seen = seen
     return Record(
         doc_id,
         user,
         state,
-        cas,
-        pending if isinstance(pending, Mapping) else None,
+        doc,
+        None if pending is None or not isinstance(pending, Mapping) else pending,
         get(OP_ID),
         tuple(recent) if isinstance(recent, list) else (),
-        as_utc(seen) if isinstance(seen, datetime) else None,
-        get(AUTO) is True,
+        last_seen,
+        seen is None and get(AUTO) is True,
         tuple(amounts) if isinstance(amounts, list) else (),
         tuple(ops) if isinstance(ops, list) else (),
         tuple(e for e in admin if isinstance(e, Mapping)) if isinstance(admin, list) else (),
@@ -193,13 +195,21 @@ def by_user(user: UserId) -> Update:
     return {USER: user}
 
 
+CAS_FIELDS = ("_id", USER, CREDITS, RESERVED, LAST_REFILL, PAUSED, TIER, SPENT, PINNED)
+"""The fields a compare-and-swap expects unchanged (each as read; missing means null)."""
+
+
 def cas_filter(record: Record, *, with_pending: bool = True) -> Update:
     """Match the document only if nothing a decision rests on has changed since it was
-    read. It names `user` too, so on a collection sharded by user it targets one shard.
-    Without a ledger (`with_pending=False`) a left marker does not block the write."""
-    cas = dict(record.cas)
-    if not with_pending:
-        del cas[PENDING]
+    read: no pending ledger row (unless `with_pending=False`: without a ledger a left
+    marker does not block the write) and no LibreChat refill starting under the write.
+    It names `user` too, so on a collection sharded by user it targets one shard."""
+    get = record.doc.get
+    cas: Update = {name: get(name) for name in CAS_FIELDS}
+    if with_pending:
+        cas[PENDING] = None
+    if not record.state.refill_pending:
+        cas[PENDING_REFILL] = None  # LibreChat's refill must not start under our write
     return cas
 
 
@@ -396,10 +406,11 @@ def after_uncharged_spend(record: Record) -> Record:
     returned as it was before: it still wrote missing counters as 0, so a
     compare-and-swap must expect those values. (After a charge no compare-and-swap
     follows; `charged` says what moved.)"""
-    cas = dict(record.cas)
-    cas[CREDITS] = 0 if cas[CREDITS] is None else cas[CREDITS]
-    cas[SPENT] = 0 if cas[SPENT] is None else cas[SPENT]
-    return record._replace(cas=cas, librechat_auto=False)
+    doc = dict(record.doc)
+    for name in (CREDITS, SPENT):
+        if doc.get(name) is None:
+            doc[name] = 0
+    return record._replace(doc=doc, librechat_auto=False)
 
 
 # -- the sweep's queries ----------------------------------------------------------------

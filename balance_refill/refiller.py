@@ -115,7 +115,18 @@ class BalanceRefiller:
         needed = check_amount(needed, what="needed", allow_zero=True)
         now = engine.now()
 
+        record = await engine.read_or_create(user, now, S.READ_PROJECTION)
+        if plan_refill(engine.tiers, record.state, now, needed) is None:  # nothing due: done
+            state = engine.state(record, now)
+            self._learn(record, state.balance)
+            return state
+        first: S.Record | None = record
+
         async def read() -> S.Record:
+            nonlocal first
+            if first is not None:  # the read already made, then fresh ones on a lost race
+                made, first = first, None
+                return made
             return await engine.read_or_create(user, now, S.READ_PROJECTION)
 
         def decide(record: S.Record) -> Change | None:
