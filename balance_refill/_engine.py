@@ -395,7 +395,7 @@ class Engine:
         await store.insert_rows(self.ledger, [row for *_, row in pending])
         await store.update_many(
             "clear pending ledger markers",
-            {"$or": [S.clear_pending_filter(d, u, row["_id"]) for d, u, row in pending]},
+            S.clear_pending_many([row["_id"] for *_, row in pending]),
             S.CLEAR_PENDING,
         )
         return len(pending)

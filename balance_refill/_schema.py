@@ -314,6 +314,12 @@ def clear_pending_filter(doc_id: object, user: object, row_id: object) -> Update
     return {"_id": doc_id, USER: user, f"{PENDING}._id": row_id}
 
 
+def clear_pending_many(row_ids: list[object]) -> Update:
+    """The markers of rows `row_ids` (op ids, unique): one range of the sparse
+    `pendingLedger_id` index, not a clause per document for the server to try on each."""
+    return {f"{PENDING}._id": {"$in": row_ids}}
+
+
 CLEAR_PENDING: Update = {"$unset": {PENDING: ""}}
 PENDING_ROWS: Update = {f"{PENDING}._id": {"$exists": True}}  # served by the sparse index
 

@@ -30,7 +30,7 @@ from .decide import (
 from .errors import DuplicateBalances, IdempotencyConflict
 from .policy import AnyPolicy
 from .state import BalanceState
-from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
+from .sweep import LEASE_TTL, SWEEP_BATCH, Progress, Sweep, SweepReport
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class BalanceRefiller:
         self,
         *,
         active_within: timedelta | str | None = None,
-        batch_size: int = 500,
+        batch_size: int = SWEEP_BATCH,
         dry_run: bool = False,
         limit: int | None = None,
         progress: Progress | None = None,
