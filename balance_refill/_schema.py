@@ -393,15 +393,11 @@ def fast_spend_update(amount: Credits, key: int, now: datetime, window: int) -> 
     }
 
 
-FAST_PROJECTION: Update = {
-    RECENT: 0,
-    RECENT_AMOUNTS: 0,
-    RECENT_OPS: 0,
-    RECENT_ADMIN: 0,
-    HISTORY: 0,
-}
-"""What the steady-state spend reads back: the document without its long arrays (the
-reported state needs none of them)."""
+FAST_PROJECTION: Update = {RECENT: 0, RECENT_AMOUNTS: 0}
+"""What the steady-state spend reads back: the document without its request window
+(two arrays of `request_window` entries, most of the document; the reported state needs
+neither). The short arrays come back: naming them would cost the request more bytes than
+they cost the reply."""
 READ_PROJECTION: Update = {RECENT: 0, RECENT_AMOUNTS: 0, RECENT_ADMIN: 0}
 """What `ensure_balance` reads: everything a refill decision and its compare-and-swap
 need (the spend history, the op ids of the lost-reply check), not the request window."""
