@@ -651,6 +651,32 @@ def _add_bytes(section: Section, sent: dict[str, WireResult]) -> None:
         )
 
 
+def _add_cpu(section: Section, loaded_label: str, loaded: dict[str, WireResult]) -> None:
+    """Server and client CPU per message of each flow, and LibreChat's over ours."""
+    ours = loaded["ours"]
+    server_ms = {n: r.server_ms_per_message for n, r in loaded.items()}
+    ours_ms = server_ms["ours"]
+    if ours_ms is not None:
+        for n, ms in server_ms.items():
+            section.add(f"{loaded_label}: {n}: server CPU per message", ms or 0.0, "ms")
+        for name in FLOWS[1:]:
+            section.add(
+                f"server CPU per message, {name} / ours",
+                ratio(server_ms[name] or 0.0, ours_ms),
+                "x",
+            )
+    for r in loaded.values():
+        section.add(
+            f"{loaded_label}: {r.name}: client CPU per message", r.client_ms_per_message, "ms"
+        )
+    for name in FLOWS[1:]:
+        section.add(
+            f"client CPU per message, {name} / ours",
+            ratio(loaded[name].client_ms_per_message, ours.client_ms_per_message),
+            "x",
+        )
+
+
 async def measure_conditions(
     server: WireServer, sizes: Sizes, flows: tuple[str, ...]
 ) -> tuple[dict[str, Measured], dict[str, float]]:
@@ -730,27 +756,7 @@ async def run(quick: bool = False) -> Section:
         section.add(
             f"one user at a time: {r.name}: median round trip by command", _medians(r), "ms"
         )
-    server_ms = {n: r.server_ms_per_message for n, r in loaded.items()}
-    ours_ms = server_ms["ours"]
-    if ours_ms is not None:
-        for n, ms in server_ms.items():
-            section.add(f"{loaded_label}: {n}: server CPU per message", ms or 0.0, "ms")
-        for name in FLOWS[1:]:
-            section.add(
-                f"server CPU per message, {name} / ours",
-                ratio(server_ms[name] or 0.0, ours_ms),
-                "x",
-            )
-    for r in loaded.values():
-        section.add(
-            f"{loaded_label}: {r.name}: client CPU per message", r.client_ms_per_message, "ms"
-        )
-    for name in FLOWS[1:]:
-        section.add(
-            f"client CPU per message, {name} / ours",
-            ratio(loaded[name].client_ms_per_message, ours.client_ms_per_message),
-            "x",
-        )
+    _add_cpu(section, loaded_label, loaded)
     for r in loaded.values():
         section.add(f"{r.name}: users consistent after the run", f"{r.users} of {r.users}")
     section.notes.append(
