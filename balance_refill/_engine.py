@@ -283,7 +283,8 @@ class Engine:
                 switched_off(user)
             if before is None:  # created it
                 return S.parse(S.after_first_seen(None, insert, user, now))
-            return await self.settled(S.parse(before, seen=now))
+            record = S.parse(before, seen=now)
+            return record if record.pending is None else await self.settled(record)
         raise ContentionError(f"could not read or create the balance of user {user!r}")
 
     async def find(self, user: UserId) -> S.Record:

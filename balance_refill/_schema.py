@@ -226,9 +226,10 @@ def first_seen_insert(
 
 
 def first_seen_update(insert: Update, now: datetime) -> Update:
-    """Upsert update: touch `lastSeen`, keep LibreChat's refill off, create the document
-    from `insert` if the user is new. Sent with the document returned as it was before."""
-    return {"$setOnInsert": dict(insert), "$set": dict(OWNED), "$max": {LAST_SEEN: now}}
+    """Upsert update: touch `lastSeen`, keep LibreChat's refill off (`OWNED`), create the
+    document from `insert` (not copied: built for this call) if the user is new. Sent
+    with the document returned as it was before."""
+    return {"$setOnInsert": insert, "$set": {AUTO: False}, "$max": {LAST_SEEN: now}}
 
 
 def after_first_seen(

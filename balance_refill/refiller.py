@@ -168,7 +168,9 @@ class BalanceRefiller:
                 S.FAST_PROJECTION,
             )
             if raw is not None:  # charged; the record is from before the charge
-                record = await engine.settled(S.parse(raw))
+                record = S.parse(raw)
+                if record.pending is not None:
+                    record = await engine.settled(record)
                 state = engine.state(record, now, charged=amount)
                 self._learn(record, state.balance)
                 return state
