@@ -46,6 +46,7 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient, monitoring
 
 from balance_refill import BalanceRefiller
+from balance_refill import _schema as S
 from tests.wire.launcher import WireServer, WireUnavailable, start_wire_server
 from tests.wire.proxy import Proxy
 
@@ -574,6 +575,79 @@ def _medians(result: WireResult) -> str:
     return ", ".join(f"{name} {ms:.1f}" for name, ms in result.command_medians().items())
 
 
+COSTED = 40  # calls per command shape in `command_costs`
+
+
+async def command_costs(uri: str, server_cpu: ServerCpu) -> dict[str, float]:
+    """The server's CPU (ms) per command of a few shapes, each on a fresh LibreChat
+    document under ours' indexes: what bounds throughput on this stand-in. Our
+    steady-state spend, the same without its two `$push`es (the request window), and
+    LibreChat's own commands."""
+    client: Any = AsyncMongoClient(uri, tz_aware=True)
+    costs: dict[str, float] = {}
+    db_name = f"bench_costs_{uuid.uuid4().hex[:8]}"
+    try:
+        db = client[db_name]
+        shapes: dict[str, Callable[[Any, ObjectId, int], Any]] = {
+            "ping": lambda c, u, i: client.admin.command("ping"),
+            "find_one {user}": lambda c, u, i: c.find_one({"user": u}),
+            "findAndModify {user} $inc (LibreChat)": lambda c, u, i: c.find_one_and_update(
+                {"user": u}, {"$inc": {"tokenCredits": -1}}
+            ),
+            "insert_one (a ledger row)": lambda c, u, i: c.insert_one({"user": u, "n": i}),
+            "ours: steady-state spend": lambda c, u, i: c.find_one_and_update(
+                S.fast_spend_filter(u, u, 1, i),
+                S.fast_spend_update(1, i, START, S.RECENT_WINDOW),
+                projection=S.FAST_PROJECTION,
+            ),
+            "ours: the same without its two $push": lambda c, u, i: c.find_one_and_update(
+                S.fast_spend_filter(u, u, 1, i),
+                {"$inc": {"tokenCredits": -1, "spentSinceRefill": 1}, "$max": {"lastSeen": START}},
+                projection=S.FAST_PROJECTION,
+            ),
+        }
+        for n, (name, shape) in enumerate(shapes.items()):
+            coll = db[f"costs_{n}"]
+            await BalanceRefiller(coll, librechat_policy()).ensure_indexes()
+            user = ObjectId()
+            await coll.insert_one(seed_doc("ours", user, 10**9))
+            before = server_cpu()
+            for i in range(COSTED):
+                await shape(coll, user, i)
+            after = server_cpu()
+            if before is not None and after is not None:
+                costs[name] = (after - before) / COSTED * 1000
+    finally:
+        await client.drop_database(db_name)
+        await client.close()
+    return costs
+
+
+def _add_ceiling(section: Section, direct: Measured, costs: dict[str, float]) -> None:
+    """What the stand-in allows at best: LibreChat classic's server CPU per message over
+    one steady-state spend's (every message one spend, no login, no refill)."""
+    classic = direct.loaded["LibreChat classic"].server_ms_per_message
+    spend = costs.get("ours: steady-state spend")
+    bare = costs.get("ours: the same without its two $push")
+    if not classic or not spend or not bare:
+        return
+    section.add(
+        "ceiling here: classic's server CPU per message / one spend's (without the $push)",
+        f"{classic / spend:.2f} ({classic / bare:.2f})",
+        "x",
+    )
+    section.notes.append(
+        "What bounds the throughput and server-CPU targets here: the server's CPU per "
+        "message (above, per command). A message of ours is at least one spend; LibreChat "
+        f"classic's costs the server {classic:.2f} ms, so if every message were one "
+        f"steady-state spend ({spend:.2f} ms) ours could be at most {classic / spend:.1f}x "
+        f"cheaper ({classic / bare:.1f}x without the two $push of the request window that "
+        "idempotency needs, which mongoeco makes the dearest part of the update). A real "
+        "mongod runs each of these in microseconds, where round trips and the network "
+        "dominate instead."
+    )
+
+
 def condition(delay: float) -> str:
     """The label of a network condition: `direct`, or the round-trip time added."""
     return "direct" if not delay else f"+{2 * delay * 1000:g} ms RTT"
@@ -714,6 +788,11 @@ async def run(quick: bool = False) -> Section:
         )
         progress(f"server: {where}, port {server.port}")
         conditions, proxies = await measure_conditions(server, sizes, flows)
+        pid = server.process.pid
+        costs = await command_costs(server.uri, lambda: process_cpu_seconds(pid))
+    for name, ms in costs.items():
+        section.add(f"server CPU per command: {name}", ms, "ms")
+    _add_ceiling(section, conditions["direct"], costs)
     measured = conditions["direct"]
     for label, m in conditions.items():
         _add_targets(section, label, m)
@@ -856,5 +935,6 @@ async def run(quick: bool = False) -> Section:
             for n, r in measured.sent.items()
         },
         "before": before.label() if BEFORE_FLOW in flows else None,
+        "server_cpu_per_command_ms": costs,
     }
     return section
