@@ -575,7 +575,7 @@ def _medians(result: WireResult) -> str:
     return ", ".join(f"{name} {ms:.1f}" for name, ms in result.command_medians().items())
 
 
-COSTED = 40  # calls per command shape in `command_costs`
+COSTED = 100  # calls per command shape in `command_costs`
 
 
 async def command_costs(uri: str, server_cpu: ServerCpu) -> dict[str, float]:
