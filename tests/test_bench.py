@@ -164,13 +164,13 @@ def test_sweep_population_is_exact() -> None:
 
 @on_wire
 async def test_sweep_benchmark_quick() -> None:
-    """Ours reads only the due and active users and refills each once; the classic reads
-    and writes everyone."""
+    """Ours reads only the due users (activity is read from the ledger, per batch) and
+    refills the due and active ones once each; the classic reads and writes everyone."""
     section = await sweep.run(quick=True)
     classic, ours = section.data["classic"], section.data["ours"]
     users = section.data["users"]
     assert (classic["read"], classic["written"]) == (users, users)
-    assert ours["read"] == ours["ledger_rows"] == users // 10
+    assert (ours["read"], ours["ledger_rows"]) == (users // 5, users // 10)
     assert classic["ledger_rows"] == 0
     assert section.figure("documents moved (read + written), classic / ours").met
     everyone = section.data["everyone_due"]
