@@ -122,10 +122,6 @@ def _date(value: object) -> datetime | None:
     return as_utc(value) if isinstance(value, datetime) else None
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _history(history: object) -> tuple[Credits, ...]:
     if not isinstance(history, list):
         return ()

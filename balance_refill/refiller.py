@@ -108,7 +108,8 @@ class BalanceRefiller:
 
         Refills if and only if auto refill is on for the user, the period has elapsed,
         and the available balance is below max(threshold, needed). One database call when
-        no refill happens; a refill with its ledger row takes at most four.
+        no refill happens (it does not read the request window back); a refill with its
+        ledger row takes at most four.
         """
         engine = self._engine
         user = engine.user(user_id)
@@ -149,6 +150,11 @@ class BalanceRefiller:
         are kept on the document with their amounts); reusing an id with a different
         amount raises `IdempotencyConflict` and changes nothing. Credits reserved by
         LibreChat's in-flight requests are not spendable.
+
+        In the steady state (covered, a new id, a user this refiller has read) the spend
+        is one plain conditional update of the user's oldest document; when that does not
+        match, the one-call pipeline reads and decides (the README lists the calls of
+        each case).
         """
         engine = self._engine
         user = engine.user(user_id)
