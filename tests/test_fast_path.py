@@ -225,3 +225,43 @@ async def test_deleted_document_is_found_again(
     state = await refiller.spend("u1", 10)
     assert state.balance == 490
     assert (await stored(balances, {"_id": second}))["tokenCredits"] == 490
+
+
+async def test_the_whole_balance_is_spent_by_the_plain_update(
+    refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
+) -> None:
+    """A spend of exactly the balance is covered: one plain update, the balance ends at 0."""
+    await seed(balances, clock, tokenCredits=30)
+    await warm(refiller, log)
+    state = await refiller.spend("u1", 30)
+    assert ([is_pipeline(c) for c in log.calls], state.balance) == ([False], 0)
+
+
+async def test_credits_reserved_meanwhile_are_not_spent(
+    refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
+) -> None:
+    """LibreChat reserves credits after the refiller's last read: the plain update does
+    not match and the pipeline refuses what the available balance does not cover."""
+    await seed(balances, clock)
+    await warm(refiller, log)
+    await balances.inner.update_one({"user": "u1"}, {"$set": {"reservedCredits": 990}})
+    with pytest.raises(InsufficientCredits):
+        await refiller.spend("u1", 20)
+    assert [is_pipeline(c) for c in log.calls] == [False, True]
+    assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 1_000
+
+
+async def test_the_plain_update_keeps_the_window(
+    make_refiller: Make, log: CallLog, balances: RecordingCollection, clock: FakeClock
+) -> None:
+    """The plain update keeps the last `request_window` keys and their amounts, aligned."""
+    refiller = make_refiller(request_window=2)
+    await seed(balances, clock)
+    await warm(refiller, log)
+    for i, amount in enumerate((1, 2, 3)):
+        await refiller.spend("u1", amount, request_id=f"w-{i}")
+    assert not any(is_pipeline(c) for c in log.calls)
+    doc = await stored(balances, {"user": "u1"})
+    assert (len(doc["recentRequests"]), doc["recentAmounts"]) == (2, [2, 3])
+    with pytest.raises(IdempotencyConflict):  # w-2 is remembered with its amount, 3
+        await refiller.spend("u1", 4, request_id="w-2")

@@ -398,3 +398,11 @@ def test_parse_seen_is_the_document_after_first_seen(fields: dict[str, Any]) -> 
     derived = S.parse(S.after_first_seen(before, {}, "u", NOW))
     assert direct._replace(doc={}) == derived._replace(doc={})
     assert S.cas_filter(direct) == S.cas_filter(derived)
+
+
+def test_history_values_that_are_not_numbers_read_as_zero() -> None:
+    """The spend history keeps whole and fractional numbers as stored; anything else
+    (text, NaN, infinity) reads as 0, as every other stored number does."""
+    history = [1, 2.5, "x", float("nan"), float("inf"), True, None]
+    assert S.parse({"spendHistory": history}).state.history == (1, 2.5, 0, 0, 0, 1, 0)
+    assert S.parse({"spendHistory": [4, 5]}).state.history == (4, 5)
