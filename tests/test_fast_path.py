@@ -265,3 +265,16 @@ async def test_the_plain_update_keeps_the_window(
     assert (len(doc["recentRequests"]), doc["recentAmounts"]) == (2, [2, 3])
     with pytest.raises(IdempotencyConflict):  # w-2 is remembered with its amount, 3
         await refiller.spend("u1", 4, request_id="w-2")
+
+
+async def test_a_fraction_of_a_credit_reserved_is_not_spent(
+    refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
+) -> None:
+    """Half a credit reserved by LibreChat after the last read: a spend of the whole
+    stored balance is not covered (the plain update leaves it to the pipeline)."""
+    await seed(balances, clock, tokenCredits=20)
+    await warm(refiller, log)
+    await balances.inner.update_one({"user": "u1"}, {"$set": {"reservedCredits": 0.5}})
+    with pytest.raises(InsufficientCredits):
+        await refiller.spend("u1", 20)
+    assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 20
