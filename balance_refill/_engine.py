@@ -40,7 +40,7 @@ from ._validate import (
     check_user_id_mode,
     stored_user_id,
 )
-from .decide import RefillPlan, UserState, assigned_tier, auto_refill_on, next_refill, state_after
+from .decide import RefillPlan, UserState, next_refill, outlook, state_after
 from .errors import (
     BalanceRefillError,
     ConfigurationError,
@@ -263,6 +263,8 @@ class Engine:
     def now(self) -> datetime:
         """Read the clock once: aware UTC, millisecond precision (what MongoDB stores)."""
         value = self._clock()
+        if value.__class__ is datetime and value.tzinfo is UTC:  # the default clock's
+            return value.replace(microsecond=value.microsecond // 1000 * 1000)
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise ConfigurationError(f"the clock must return an aware datetime, got {value!r}")
         return as_utc(value)
@@ -301,18 +303,19 @@ class Engine:
     ) -> BalanceState:
         """The state to report; `charged`: a spend that `record` (read before it) misses."""
         s = record.state
+        tier, auto, next_at = outlook(self.tiers, s, now)
         return BalanceState(
-            user_id=record.user,
-            balance=s.balance - charged if charged else s.balance,
-            refilled=change is not None and change.refilled,
-            granted=0 if change is None else change.granted,
-            last_refill=s.last_refill,
-            next_refill_at=next_refill(self.tiers, s, now),
-            tier=assigned_tier(self.tiers, s),
-            auto_refill=auto_refill_on(self.tiers, s),
-            pinned=s.pinned,
-            spent_since_refill=s.spent + charged if charged else s.spent,
-            last_seen=record.last_seen,
+            record.user,
+            s.balance - charged if charged else s.balance,
+            change is not None and change.refilled,
+            0 if change is None else change.granted,
+            s.last_refill,
+            next_at,
+            tier,
+            auto,
+            s.pinned,
+            s.spent + charged if charged else s.spent,
+            record.last_seen,
         )
 
     def refill_row(
@@ -403,11 +406,15 @@ class Engine:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def read_or_create(self, user: UserId, now: datetime) -> S.Record:
+    async def read_or_create(
+        self, user: UserId, now: datetime, projection: S.Update | None = None
+    ) -> S.Record:
         """One call: the user's oldest document, created first if the user is new.
 
         The call returns the document as it was before (None when it created it) and the
-        document after is derived here, so a LibreChat refill switch found on is logged."""
+        document after is derived here, so a LibreChat refill switch found on is logged.
+        `projection` leaves out fields the caller does not need (the record then lacks
+        them)."""
         default = self.tiers.tiers[self.tiers.default_tier]
         insert = S.first_seen_insert(
             user,
@@ -418,7 +425,7 @@ class Engine:
         update = S.first_seen_update(insert, now)
         for _ in range(3):
             try:
-                before = await self.store.upsert_before(S.by_user(user), update)
+                before = await self.store.upsert_before(S.by_user(user), update, projection)
             except DuplicateKey:
                 # Two first requests raced: the other one created the document.
                 log.debug(
@@ -428,7 +435,10 @@ class Engine:
                 continue
             if before is not None and before.get(S.AUTO) is True:
                 switched_off(user)
-            return await self.settled(S.parse(S.after_first_seen(before, insert, user, now)))
+            if before is None:  # created it
+                return S.parse(S.after_first_seen(None, insert, user, now))
+            record = S.parse(before, seen=now)
+            return record if record.pending is None else await self.settled(record)
         raise ContentionError(f"could not read or create the balance of user {user!r}")
 
     async def find(self, user: UserId) -> S.Record:
@@ -568,7 +578,7 @@ class Engine:
         await store.insert_rows(self.ledger, [row for *_, row in pending])
         await store.update_many(
             "clear pending ledger markers",
-            {"$or": [S.clear_pending_filter(d, u, row["_id"]) for d, u, row in pending]},
+            S.clear_pending_many([row["_id"] for *_, row in pending]),
             S.CLEAR_PENDING,
         )
         return len(pending)

@@ -67,7 +67,8 @@ class Record(NamedTuple):
     id: Any
     user: UserId
     state: UserState
-    cas: Update
+    doc: Document
+    """The document as read: a compare-and-swap expects its values (`cas_filter`)."""
     pending: Document | None = None
     op_id: Any = None
     recent: tuple[int, ...] = ()
@@ -98,13 +99,21 @@ UNKNOWN = object()
 """An amount a remembered request id does not carry (written by an older version)."""
 
 
+_INF = float("inf")
+
+
 def _num(value: object) -> Credits:
     """A stored number, exactly as stored; anything else (missing, NaN, text) is 0."""
+    kind = type(value)
+    if kind is int:  # the common cases first, by exact type (the hot path reads nine)
+        return value  # type: ignore[return-value]  # an int, by its exact type
+    if kind is float:
+        return value if -_INF < value < _INF else 0  # type: ignore[operator,return-value]  # NaN: False
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value == value and abs(value) != float("inf"):  # noqa: PLR0124 - NaN test
+    if isinstance(value, float) and value == value and abs(value) != _INF:  # noqa: PLR0124 - NaN test
         return value
     return 0
 
@@ -113,62 +122,68 @@ def _date(value: object) -> datetime | None:
     return as_utc(value) if isinstance(value, datetime) else None
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _history(history: object) -> tuple[Credits, ...]:
+    if not isinstance(history, list):
+        return ()
+    if set(map(type, history)) <= {int}:  # whole numbers, as written: no check per value
+        return tuple(history)
+    return tuple(map(_num, history))
 
 
-def parse(doc: Document) -> Record:
-    """Read a balance document, tolerating LibreChat's quirks (missing or odd fields)."""
+def parse(doc: Document, *, seen: datetime | None = None) -> Record:
+    """Read a balance document, tolerating LibreChat's quirks (missing or odd fields).
+
+    `seen`: `doc` is as it was before `first_seen_update` at `seen` (which raised
+    `lastSeen` to at least `seen` and switched LibreChat's refill off); the record is
+    the document after it (the compare-and-swap fields are the same)."""
     get = doc.get
+    doc_id = get("_id")
+    user: Any = get(USER)
+    credits = get(CREDITS)
+    reserved = get(RESERVED)
+    last_refill = get(LAST_REFILL)
+    paused = get(PAUSED)
+    tier = get(TIER)
+    spent = get(SPENT)
+    pinned = get(PINNED)
     history = get(HISTORY)
     recent = get(RECENT)
     amounts = get(RECENT_AMOUNTS)
     ops = get(RECENT_OPS)
     admin = get(RECENT_ADMIN)
     pending = get(PENDING)
-    cas: Update = {
-        "_id": get("_id"),
-        USER: get(USER),
-        CREDITS: get(CREDITS),
-        RESERVED: get(RESERVED),
-        LAST_REFILL: get(LAST_REFILL),
-        PAUSED: get(PAUSED),
-        TIER: get(TIER),
-        SPENT: get(SPENT),
-        PINNED: get(PINNED),
-        PENDING: None,
-    }
-    user: Any = get(USER)
+    refill_tier = get(REFILL_TIER)
     refill_pending = get(PENDING_REFILL) is not None
-    if not refill_pending:
-        cas[PENDING_REFILL] = None  # LibreChat's refill must not start under our write
+    spent_n = _num(spent)
     state = UserState(
-        balance=_num(get(CREDITS, 0)),
-        reserved=_num(get(RESERVED, 0)),
-        last_refill=_date(get(LAST_REFILL)),
-        paused=get(PAUSED) is True,
-        tier=_text(get(TIER)),
-        refill_tier=_text(get(REFILL_TIER)),
-        pinned=get(PINNED) is True,
-        spent=max(_num(get(SPENT, 0)), 0),
-        history=tuple(_num(x) for x in history) if isinstance(history, list) else (),
-        refill_pending=refill_pending,
+        _num(credits),
+        _num(reserved),
+        as_utc(last_refill) if isinstance(last_refill, datetime) else None,
+        paused is True,
+        tier if isinstance(tier, str) else None,
+        refill_tier if isinstance(refill_tier, str) else None,
+        pinned is True,
+        spent_n if spent_n > 0 else 0,
+        _history(history),
+        refill_pending,
     )
+    last_seen = get(LAST_SEEN)
+    last_seen = as_utc(last_seen) if isinstance(last_seen, datetime) else None
+    if seen is not None and (last_seen is None or last_seen < seen):
+        last_seen = seen
     return Record(
-        id=get("_id"),
-        user=user,
-        state=state,
-        cas=cas,
-        pending=pending if isinstance(pending, Mapping) else None,
-        op_id=get(OP_ID),
-        recent=tuple(recent) if isinstance(recent, list) else (),
-        last_seen=_date(get(LAST_SEEN)),
-        librechat_auto=get(AUTO) is True,
-        recent_amounts=tuple(amounts) if isinstance(amounts, list) else (),
-        recent_ops=tuple(ops) if isinstance(ops, list) else (),
-        recent_admin=tuple(e for e in admin if isinstance(e, Mapping))
-        if isinstance(admin, list)
-        else (),
+        doc_id,
+        user,
+        state,
+        doc,
+        None if pending is None or not isinstance(pending, Mapping) else pending,
+        get(OP_ID),
+        tuple(recent) if isinstance(recent, list) else (),
+        last_seen,
+        seen is None and get(AUTO) is True,
+        tuple(amounts) if isinstance(amounts, list) else (),
+        tuple(ops) if isinstance(ops, list) else (),
+        tuple(e for e in admin if isinstance(e, Mapping)) if isinstance(admin, list) else (),
     )
 
 
@@ -176,13 +191,21 @@ def by_user(user: UserId) -> Update:
     return {USER: user}
 
 
+CAS_FIELDS = ("_id", USER, CREDITS, RESERVED, LAST_REFILL, PAUSED, TIER, SPENT, PINNED)
+"""The fields a compare-and-swap expects unchanged (each as read; missing means null)."""
+
+
 def cas_filter(record: Record, *, with_pending: bool = True) -> Update:
     """Match the document only if nothing a decision rests on has changed since it was
-    read. It names `user` too, so on a collection sharded by user it targets one shard.
-    Without a ledger (`with_pending=False`) a left marker does not block the write."""
-    cas = dict(record.cas)
-    if not with_pending:
-        del cas[PENDING]
+    read: no pending ledger row (unless `with_pending=False`: without a ledger a left
+    marker does not block the write) and no LibreChat refill starting under the write.
+    It names `user` too, so on a collection sharded by user it targets one shard."""
+    get = record.doc.get
+    cas: Update = {name: get(name) for name in CAS_FIELDS}
+    if with_pending:
+        cas[PENDING] = None
+    if not record.state.refill_pending:
+        cas[PENDING_REFILL] = None  # LibreChat's refill must not start under our write
     return cas
 
 
@@ -199,9 +222,10 @@ def first_seen_insert(
 
 
 def first_seen_update(insert: Update, now: datetime) -> Update:
-    """Upsert update: touch `lastSeen`, keep LibreChat's refill off, create the document
-    from `insert` if the user is new. Sent with the document returned as it was before."""
-    return {"$setOnInsert": dict(insert), "$set": dict(OWNED), "$max": {LAST_SEEN: now}}
+    """Upsert update: touch `lastSeen`, keep LibreChat's refill off (`OWNED`), create the
+    document from `insert` (not copied: built for this call) if the user is new. Sent
+    with the document returned as it was before."""
+    return {"$setOnInsert": insert, "$set": {AUTO: False}, "$max": {LAST_SEEN: now}}
 
 
 def after_first_seen(
@@ -287,6 +311,12 @@ def clear_pending_filter(doc_id: object, user: object, row_id: object) -> Update
     return {"_id": doc_id, USER: user, f"{PENDING}._id": row_id}
 
 
+def clear_pending_many(row_ids: list[object]) -> Update:
+    """The markers of rows `row_ids` (op ids, unique): one range of the sparse
+    `pendingLedger_id` index, not a clause per document for the server to try on each."""
+    return {f"{PENDING}._id": {"$in": row_ids}}
+
+
 CLEAR_PENDING: Update = {"$unset": {PENDING: ""}}
 PENDING_ROWS: Update = {f"{PENDING}._id": {"$exists": True}}  # served by the sparse index
 
@@ -331,15 +361,55 @@ def spend_pipeline(
     ]
 
 
+def fast_spend_filter(doc_id: object, user: UserId, amount: Credits, key: int) -> Update:
+    """The steady-state spend's filter, in plain query operators: the user's oldest
+    document (`doc_id`, learned from an earlier read), its balance covering `amount`
+    with no credits reserved by LibreChat, LibreChat's own refill switch off (a document
+    the library already manages) and the request key not seen. Stricter than
+    `spend_pipeline`'s rule, never looser: whatever it misses, the pipeline decides."""
+    return {
+        "_id": doc_id,
+        USER: user,
+        CREDITS: {"$gte": amount},
+        RESERVED: {"$not": {"$gt": 0}},
+        AUTO: False,
+        RECENT: {"$ne": key},
+    }
+
+
+def fast_spend_update(amount: Credits, key: int, now: datetime, window: int) -> Update:
+    """The steady-state spend's update: what `spend_pipeline` writes when it charges, as
+    update operators (no pipeline for the server to evaluate)."""
+    return {
+        "$inc": {CREDITS: -amount, SPENT: amount},
+        "$push": {
+            RECENT: {"$each": [key], "$slice": -window},
+            RECENT_AMOUNTS: {"$each": [amount], "$slice": -window},
+        },
+        "$max": {LAST_SEEN: now},
+    }
+
+
+FAST_PROJECTION: Update = {RECENT: 0, RECENT_AMOUNTS: 0}
+"""What the steady-state spend reads back: the document without its request window
+(two arrays of `request_window` entries, most of the document; the reported state needs
+neither). The short arrays come back: naming them would cost the request more bytes than
+they cost the reply."""
+READ_PROJECTION: Update = {RECENT: 0, RECENT_AMOUNTS: 0, RECENT_ADMIN: 0}
+"""What `ensure_balance` reads: everything a refill decision and its compare-and-swap
+need (the spend history, the op ids of the lost-reply check), not the request window."""
+
+
 def after_uncharged_spend(record: Record) -> Record:
     """The record as a `spend_pipeline` that did not charge left it, from the one it
     returned as it was before: it still wrote missing counters as 0, so a
     compare-and-swap must expect those values. (After a charge no compare-and-swap
     follows; `charged` says what moved.)"""
-    cas = dict(record.cas)
-    cas[CREDITS] = 0 if cas[CREDITS] is None else cas[CREDITS]
-    cas[SPENT] = 0 if cas[SPENT] is None else cas[SPENT]
-    return record._replace(cas=cas, librechat_auto=False)
+    doc = dict(record.doc)
+    for name in (CREDITS, SPENT):
+        if doc.get(name) is None:
+            doc[name] = 0
+    return record._replace(doc=doc, librechat_auto=False)
 
 
 # -- the sweep's queries ----------------------------------------------------------------

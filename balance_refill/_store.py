@@ -306,13 +306,17 @@ class Store:
 
     # -- balances -------------------------------------------------------------------
 
-    async def upsert_before(self, filter_: Update, update: Update) -> Document | None:
-        """Upsert the oldest matching document; returns it as it was before (None: created)."""
+    async def upsert_before(
+        self, filter_: Update, update: Update, projection: Update | None = None
+    ) -> Document | None:
+        """Upsert the oldest matching document; returns it (the fields `projection`
+        keeps) as it was before (None: created)."""
         return await self.run(
             "read-or-create balance",
             lambda: self.balances.find_one_and_update(
                 filter_,
                 update,
+                projection=projection,
                 upsert=True,
                 sort=OLDEST_FIRST,
                 return_document=ReturnDocument.BEFORE,
@@ -330,6 +334,18 @@ class Store:
                 update,
                 sort=OLDEST_FIRST,
                 return_document=ReturnDocument.BEFORE if before else ReturnDocument.AFTER,
+            ),
+        )
+
+    async def modify_by_id(
+        self, what: str, filter_: Update, update: Update, projection: Update
+    ) -> Document | None:
+        """find_one_and_update of the one document `filter_` names by `_id` (no sort);
+        returns the fields `projection` keeps as they were before, None if no match."""
+        return await self.run(
+            what,
+            lambda: self.balances.find_one_and_update(
+                filter_, update, projection=projection, return_document=ReturnDocument.BEFORE
             ),
         )
 

@@ -158,6 +158,21 @@ def next_refill(tiers: TieredPolicy, state: UserState, now: datetime) -> datetim
     return next_refill_at(tiers.tiers[period_tier(tiers, state)].period, state.last_refill)
 
 
+def outlook(
+    tiers: TieredPolicy, state: UserState, now: datetime
+) -> tuple[str, bool, datetime | None]:
+    """`assigned_tier`, `auto_refill_on` and `next_refill` at once (what every call
+    reports; the tier is looked up once)."""
+    tier = tiers.tier_of(state.tier)
+    if state.paused or not tiers.tiers[tier].auto_refill:
+        return tier, False, None
+    if state.last_refill is None:
+        return tier, True, now
+    governing = tiers.tiers.get(state.refill_tier) if state.refill_tier is not None else None
+    period = (tiers.tiers[tier] if governing is None else governing).period
+    return tier, True, next_refill_at(period, state.last_refill)
+
+
 def period_elapsed(tiers: TieredPolicy, state: UserState, now: datetime) -> bool:
     return is_due(tiers.tiers[period_tier(tiers, state)].period, state.last_refill, now)
 
@@ -226,9 +241,13 @@ def plan_refill(
     """
     if state.refill_pending:
         return None
-    tier = assigned_tier(tiers, state)
+    tier = tiers.tier_of(state.tier)  # assigned_tier, auto_refill_on, period_elapsed inlined
     if not force:
-        if not auto_refill_on(tiers, state) or not period_elapsed(tiers, state, now):
+        if state.paused or not tiers.tiers[tier].auto_refill:
+            return None
+        governing = tiers.tiers.get(state.refill_tier) if state.refill_tier is not None else None
+        period = (tiers.tiers[tier] if governing is None else governing).period
+        if not is_due(period, state.last_refill, now):
             return None
         if not tiers.rules and state.available >= max(
             tiers.tiers[tier].effective_threshold, needed

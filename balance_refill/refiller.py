@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bson import ObjectId
@@ -34,12 +34,15 @@ from .errors import ConfigurationError, DuplicateBalances, IdempotencyConflict
 from .events import OnEvent
 from .policy import AnyPolicy
 from .state import BalanceState
-from .sweep import LEASE_TTL, Progress, Sweep, SweepReport
+from .sweep import LEASE_TTL, SWEEP_BATCH, Progress, Sweep, SweepReport
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+KNOWN_USERS = 100_000
+"""Users whose balance document a refiller remembers (then it starts afresh)."""
 
 
 class BalanceRefiller:
@@ -120,6 +123,11 @@ class BalanceRefiller:
         `refill_now`, `history`); also callable on the refiller itself."""
         self.directory = Directory(self._engine)
         """Read-only lookups for admin tools (find users, lists, history, overview)."""
+        self._known: dict[UserId, tuple[object, Credits]] = {}
+        """User -> (`_id` of the user's oldest balance document, the credits the plain
+        spend could charge there when last seen), learned from this refiller's reads and
+        bounded: the steady-state spend names the document by it, and is not tried when
+        it would surely miss (a refill due, credits reserved)."""
 
     @property
     def policy(self) -> AnyPolicy:
@@ -141,6 +149,15 @@ class BalanceRefiller:
         await self._engine.refresh()
         return self.policy
 
+    def _learn(self, record: S.Record, balance: Credits) -> None:
+        """Remember `record`'s document, and `balance` as what the plain spend can
+        charge (nothing while LibreChat holds reserved credits on it)."""
+        known = self._known
+        if len(known) >= KNOWN_USERS and record.user not in known:
+            known.clear()
+        spendable = balance if record.state.reserved <= 0 else -1
+        known[record.user] = (record.id, spendable)
+
     # -- the hot path ---------------------------------------------------------------------
 
     async def ensure_balance(self, user_id: UserId, needed: Credits = 0) -> BalanceState:
@@ -148,7 +165,8 @@ class BalanceRefiller:
 
         Refills if and only if auto refill is on for the user, the period has elapsed,
         and the available balance is below max(threshold, needed). One database call when
-        no refill happens; a refill with its ledger row takes at most four.
+        no refill happens (it does not read the request window back); a refill with its
+        ledger row takes at most four.
         """
         engine = self._engine
         if engine.source is not None:
@@ -157,15 +175,28 @@ class BalanceRefiller:
         needed = check_amount(needed, what="needed", allow_zero=True)
         now = engine.now()
 
+        record = await engine.read_or_create(user, now, S.READ_PROJECTION)
+        if plan_refill(engine.tiers, record.state, now, needed) is None:  # nothing due: done
+            state = engine.state(record, now)
+            self._learn(record, state.balance)
+            return state
+        first: S.Record | None = record
+
         async def read() -> S.Record:
-            return await engine.read_or_create(user, now)
+            nonlocal first
+            if first is not None:  # the read already made, then fresh ones on a lost race
+                made, first = first, None
+                return made
+            return await engine.read_or_create(user, now, S.READ_PROJECTION)
 
         def decide(record: S.Record) -> Change | None:
             plan = plan_refill(engine.tiers, record.state, now, needed)
             return None if plan is None else engine.plan_change(record, now, plan)
 
         done = await engine.commit("refill", read, decide)
-        return engine.state(done.record, now, done.change)
+        state = engine.state(done.record, now, done.change)
+        self._learn(done.record, state.balance)
+        return state
 
     async def spend(
         self, user_id: UserId, amount: Credits, *, request_id: str | None = None
@@ -178,6 +209,11 @@ class BalanceRefiller:
         are kept on the document with their amounts); reusing an id with a different
         amount raises `IdempotencyConflict` and changes nothing. Credits reserved by
         LibreChat's in-flight requests are not spendable.
+
+        In the steady state (covered, a new id, a user this refiller has read) the spend
+        is one plain conditional update of the user's oldest document; when that does not
+        match, the one-call pipeline reads and decides (the README lists the calls of
+        each case).
         """
         engine = self._engine
         if engine.source is not None:
@@ -190,6 +226,11 @@ class BalanceRefiller:
             request_id = check_text(request_id, what="request_id", max_length=256)
             key = request_key(request_id)
         now = engine.now()
+        known = self._known.get(user)
+        if known is not None and known[1] >= amount:  # the steady state: one plain update
+            charged = await self._plain_spend(user, known[0], amount, key, now)
+            if charged is not None:
+                return charged
         pipeline = S.spend_pipeline(amount, key, now, engine.request_window)
         outcome = SpendOutcome.INSUFFICIENT
 
@@ -200,6 +241,7 @@ class BalanceRefiller:
                 raw = await engine.store.modify("spend", S.by_user(user), pipeline, before=True)
                 if raw is not None:
                     record = await engine.settled(S.parse(raw))
+                    self._learn(record, record.state.balance)
                     seen = key in record.recent
                     if seen and request_id is not None:
                         original = record.spent_amount(key)
@@ -227,10 +269,36 @@ class BalanceRefiller:
         if outcome is SpendOutcome.CHARGED:  # the one call charged: the record is from before
             if engine.observer is not None:
                 engine.observer.charged(engine.tiers, done.record, amount, now)
-            return engine.state(done.record, now, done.change, charged=amount)
-        if outcome is SpendOutcome.INSUFFICIENT and not (done.change and done.change.charged):
+            state = engine.state(done.record, now, done.change, charged=amount)
+        elif outcome is SpendOutcome.INSUFFICIENT and not (done.change and done.change.charged):
             raise engine.refused(done.record, amount, now)
-        return engine.state(done.record, now, done.change)
+        else:
+            state = engine.state(done.record, now, done.change)
+        self._learn(done.record, state.balance)
+        return state
+
+    async def _plain_spend(
+        self, user: UserId, doc_id: object, amount: Credits, key: int, now: datetime
+    ) -> BalanceState | None:
+        """The steady-state spend: one plain conditional update of the user's known
+        document (covered, the request key new); None when it did not match."""
+        engine = self._engine
+        raw = await engine.store.modify_by_id(
+            "spend",
+            S.fast_spend_filter(doc_id, user, amount, key),
+            S.fast_spend_update(amount, key, now, engine.request_window),
+            S.FAST_PROJECTION,
+        )
+        if raw is None:
+            return None
+        record = S.parse(raw)  # as it was before the charge
+        if record.pending is not None:
+            record = await engine.settled(record)
+        if engine.observer is not None:
+            engine.observer.charged(engine.tiers, record, amount, now)
+        state = engine.state(record, now, charged=amount)
+        self._learn(record, state.balance)
+        return state
 
     async def get_state(self, user_id: UserId) -> BalanceState:
         """The user's state, read only: creates nothing, changes nothing (one call)."""
@@ -333,7 +401,7 @@ class BalanceRefiller:
         self,
         *,
         active_within: timedelta | str | None = None,
-        batch_size: int = 500,
+        batch_size: int = SWEEP_BATCH,
         dry_run: bool = False,
         limit: int | None = None,
         progress: Progress | None = None,
@@ -389,6 +457,8 @@ class BalanceRefiller:
             name, keys = S.LEDGER_INDEX
             names.append(await store.create_index(engine.ledger, keys, name=name))
         converted = 0 if engine.user_ids == "str" else await _adopt_hex_users(store)
+        if converted:  # a converted document may now be some user's oldest
+            self._known.clear()
         found = await store.aggregate(store.balances, S.DUPLICATE_USERS)
         duplicates = {d["_id"]: int(d["n"]) for d in found}
         if duplicates:

@@ -58,6 +58,11 @@ Progress = Callable[[int, int | None], None]
 """Called after every batch with (users scanned so far, candidates expected or None)."""
 
 LEASE_TTL = timedelta(minutes=5)
+SWEEP_BATCH = 2_000
+"""Default users per batch: five round trips a batch (read, bulk compare-and-swap, ledger
+rows, marker clear, lease renewal), so with everyone due 10,000 users cost about 33 round
+trips against 21 for a classic script's bulk writes of 500; a batch of documents without
+their request window is about 1 MB in memory."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,12 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import bson
 from bson import ObjectId
 from pymongo import AsyncMongoClient, monitoring
 
 from balance_refill import BalanceRefiller
+from balance_refill import _schema as S
 from tests.wire.launcher import WireServer, WireUnavailable, start_wire_server
+from tests.wire.proxy import Proxy
 
+from . import before
 from .baselines import Flow, LibreChatClassic, LibreChatReservations, Message, Ours
 from .common import (
     COMPLETION_CREDITS,
@@ -64,6 +68,14 @@ from .common import (
 )
 
 FLOWS = ("ours", "LibreChat classic", "LibreChat reservations")
+BEFORE_FLOW = "ours before"
+"""This library as it was on main (`bench/before.py`): the paired "before" figures."""
+DELAYS = (0.0, 0.25e-3, 1e-3)
+"""Seconds the delay proxy adds to each message each way: none (direct), then about
+0.5 ms and 2 ms of round-trip time, as a network adds and loopback does not."""
+GOAL_THROUGHPUT = {"LibreChat classic": 5.0, "LibreChat reservations": 6.0}
+GOAL_SERVER_CPU = 5.0  # classic's server CPU per message over ours
+GOAL_SPEND_BYTES = 500
 REFILL_AMOUNT = cast(int, LIBRECHAT_BALANCE["refillAmount"])
 
 
@@ -85,8 +97,10 @@ class Sizes:
         return MESSAGE_COST * (self.messages // 2) + 500
 
 
-FULL = Sizes(users=200, messages=20, concurrency=20, unloaded_users=20, rounds=10)
+FULL = Sizes(users=100, messages=10, concurrency=10, unloaded_users=10, rounds=5)
 QUICK = Sizes(users=12, messages=4, concurrency=4, unloaded_users=4, rounds=2)
+BYTES_PASS = Sizes(users=4, messages=10, concurrency=1, unloaded_users=1)
+"""The untimed pass whose commands are measured in bytes."""
 WARM_UP = (8, 3)  # users, messages per flow before measuring (connections, code paths)
 PINGS = 200
 
@@ -113,9 +127,13 @@ class CommandLog(monitoring.CommandListener):
     def __init__(self) -> None:
         self.started_count: Counter[str] = Counter()
         self.durations: dict[str, list[float]] = {}
+        self.sizes: dict[str, list[int]] | None = None  # BSON bytes sent, when measured
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.started_count[event.command_name] += 1
+        if self.sizes is not None:
+            size = len(bson.encode(event.command))
+            self.sizes.setdefault(event.command_name, []).append(size)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         self.durations.setdefault(event.command_name, []).append(event.duration_micros / 1000)
@@ -142,6 +160,29 @@ class WireResult:
     command_ms: dict[str, list[float]]
     client_cpu: float  # seconds of this process's CPU during the run
     server_cpu: float | None  # seconds of the server's CPU during the run
+    sent_bytes: dict[str, list[int]] | None = None  # BSON bytes of each command, by name
+
+    @property
+    def bytes_per_message(self) -> float | None:
+        """BSON bytes the driver sent per message (every command of the run)."""
+        if self.sent_bytes is None:
+            return None
+        return sum(sum(v) for v in self.sent_bytes.values()) / self.messages
+
+    @property
+    def bytes_per_request(self) -> float | None:
+        """BSON bytes per command sent, on average."""
+        if self.sent_bytes is None:
+            return None
+        sizes = [n for v in self.sent_bytes.values() for n in v]
+        return sum(sizes) / len(sizes) if sizes else 0.0
+
+    @property
+    def spend_bytes(self) -> float | None:
+        """The median findAndModify's BSON bytes: ours' spend in the steady state."""
+        if not self.sent_bytes or "findAndModify" not in self.sent_bytes:
+            return None
+        return median(self.sent_bytes["findAndModify"])
 
     @property
     def round_trips(self) -> int:
@@ -234,6 +275,11 @@ def make_flow(name: str, balances: Any, transactions: Any) -> Flow:
     if name == "ours":
         refiller = BalanceRefiller(balances, librechat_policy(), ledger=transactions, clock=_clock)
         return Ours(refiller)
+    if name == BEFORE_FLOW:
+        package = before.load()
+        policy = package.RefillPolicy.from_librechat(LIBRECHAT_BALANCE)
+        was = package.BalanceRefiller(balances, policy, ledger=transactions, clock=_clock)
+        return Ours(cast(BalanceRefiller, was))
     if name == "LibreChat classic":
         return LibreChatClassic(balances, transactions, _clock)
     if name == "LibreChat reservations":
@@ -247,7 +293,7 @@ def seed_doc(name: str, user: ObjectId, credits: int) -> dict[str, Any]:
     writes), so ours starts from that steady state rather than paying the one-time
     switch-off on the first call."""
     doc = librechat_doc(user, credits, due_last_refill(START))
-    if name == "ours":
+    if name.startswith("ours"):
         doc["autoRefillEnabled"] = False
     return doc
 
@@ -305,7 +351,7 @@ def expected_credits(name: str, start: int, messages: int) -> int:
     computes it (LibreChat checks the prompt's cost only and floors each spend at 0)."""
     credits = start
     for _ in range(messages):
-        if name == "ours":
+        if name.startswith("ours"):
             if credits < MESSAGE_COST:
                 credits += REFILL_AMOUNT
             credits -= MESSAGE_COST
@@ -323,7 +369,7 @@ async def check(name: str, parts: list[Partition], sizes: Sizes) -> list[str]:
     per message, nothing left pending or reserved."""
     problems: list[str] = []
     wanted = expected_credits(name, sizes.start_credits, sizes.messages)
-    usage_wanted = 0 if name == "ours" else 2 * sizes.messages
+    usage_wanted = 0 if name.startswith("ours") else 2 * sizes.messages
     for part in parts:
         docs = [d async for d in part.balances.find({})]
         rows = [r async for r in part.transactions.find({}, {"user": 1, "context": 1})]
@@ -375,10 +421,14 @@ async def run_flow(
     try:
         parts = await prepare(db, name, ids, sizes.start_credits)
         log.take()
+        measuring = log.sizes is not None
+        if measuring:
+            log.sizes = {}
         client_before, server_before = time.process_time(), server_cpu()
         seconds, latencies = await drive(parts, sizes.messages, concurrency)
         client_used, server_after = time.process_time() - client_before, server_cpu()
         commands, command_ms = log.take()
+        sent, log.sizes = (log.sizes, {}) if measuring else (None, None)
         problems = await check(name, parts, sizes)
     finally:
         await client.drop_database(db_name)
@@ -398,6 +448,7 @@ async def run_flow(
         command_ms,
         client_used,
         None if server_before is None or server_after is None else server_after - server_before,
+        sent,
     )
 
 
@@ -424,9 +475,15 @@ class Measured:
     unloaded: dict[str, WireResult]
     load_before: float
     load_after: float
+    sent: dict[str, WireResult]  # the bytes pass: a few users, every command's size
 
 
-async def measure(uri: str, sizes: Sizes, server_cpu: ServerCpu = _no_cpu) -> Measured:
+async def measure(
+    uri: str,
+    sizes: Sizes,
+    server_cpu: ServerCpu = _no_cpu,
+    flows: tuple[str, ...] = FLOWS,
+) -> Measured:
     """After a short warm-up of each flow, `sizes.rounds` rounds; in each, every flow
     loaded (`sizes.concurrency` users at a time), then every flow unloaded (one user at a
     time), the flows in an order that rotates from round to round, so that a change in
@@ -437,16 +494,23 @@ async def measure(uri: str, sizes: Sizes, server_cpu: ServerCpu = _no_cpu) -> Me
     try:
         warm_users, warm_messages = WARM_UP
         warm = Sizes(warm_users, warm_messages, warm_users, 1)
-        for name in FLOWS:
+        for name in flows:
             await run_flow(client, log, name, warm, users=warm_users, concurrency=warm_users)
         log.take()
         for _ in range(PINGS):
             await client.admin.command("ping")
         ping_ms = log.take()[1]["ping"]
+        sent: dict[str, WireResult] = {}
+        for name in flows:  # sizes measured apart: encoding them costs the client CPU
+            log.sizes = {}
+            sent[name] = await run_flow(
+                client, log, name, BYTES_PASS, users=BYTES_PASS.users, concurrency=1
+            )
+            log.sizes = None
         rounds: list[dict[str, WireResult]] = []
         unloaded_rounds: list[dict[str, WireResult]] = []
         for i in range(sizes.rounds):
-            order = FLOWS[i % len(FLOWS) :] + FLOWS[: i % len(FLOWS)]
+            order = flows[i % len(flows) :] + flows[: i % len(flows)]
             loaded_round: dict[str, WireResult] = {}
             for name in order:
                 loaded_round[name] = await run_flow(
@@ -475,14 +539,14 @@ async def measure(uri: str, sizes: Sizes, server_cpu: ServerCpu = _no_cpu) -> Me
                 + ", ".join(
                     f"{n} {loaded_round[n].throughput:,.1f} msg/s "
                     f"(p50 {loaded_round[n].p50:.0f} ms, alone {unloaded_round[n].p50:.1f} ms)"
-                    for n in FLOWS
+                    for n in flows
                 )
             )
     finally:
         await client.close()
-    loaded = {n: combine([r[n] for r in rounds]) for n in FLOWS}
-    unloaded = {n: combine([r[n] for r in unloaded_rounds]) for n in FLOWS}
-    return Measured(ping_ms, rounds, loaded, unloaded, load_before, os.getloadavg()[0])
+    loaded = {n: combine([r[n] for r in rounds]) for n in flows}
+    unloaded = {n: combine([r[n] for r in unloaded_rounds]) for n in flows}
+    return Measured(ping_ms, rounds, loaded, unloaded, load_before, os.getloadavg()[0], sent)
 
 
 def _spread(values: list[float]) -> str:
@@ -511,9 +575,210 @@ def _medians(result: WireResult) -> str:
     return ", ".join(f"{name} {ms:.1f}" for name, ms in result.command_medians().items())
 
 
+COSTED = 100  # calls per command shape in `command_costs`
+
+
+async def command_costs(uri: str, server_cpu: ServerCpu) -> dict[str, float]:
+    """The server's CPU (ms) per command of a few shapes, each on a fresh LibreChat
+    document under ours' indexes: what bounds throughput on this stand-in. Our
+    steady-state spend, the same without its two `$push`es (the request window), and
+    LibreChat's own commands."""
+    client: Any = AsyncMongoClient(uri, tz_aware=True)
+    costs: dict[str, float] = {}
+    db_name = f"bench_costs_{uuid.uuid4().hex[:8]}"
+    try:
+        db = client[db_name]
+        shapes: dict[str, Callable[[Any, ObjectId, int], Any]] = {
+            "ping": lambda c, u, i: client.admin.command("ping"),
+            "find_one {user}": lambda c, u, i: c.find_one({"user": u}),
+            "findAndModify {user} $inc (LibreChat)": lambda c, u, i: c.find_one_and_update(
+                {"user": u}, {"$inc": {"tokenCredits": -1}}
+            ),
+            "insert_one (a ledger row)": lambda c, u, i: c.insert_one({"user": u, "n": i}),
+            "ours: steady-state spend": lambda c, u, i: c.find_one_and_update(
+                S.fast_spend_filter(u, u, 1, i),
+                S.fast_spend_update(1, i, START, S.RECENT_WINDOW),
+                projection=S.FAST_PROJECTION,
+            ),
+            "ours: the same without its two $push": lambda c, u, i: c.find_one_and_update(
+                S.fast_spend_filter(u, u, 1, i),
+                {"$inc": {"tokenCredits": -1, "spentSinceRefill": 1}, "$max": {"lastSeen": START}},
+                projection=S.FAST_PROJECTION,
+            ),
+        }
+        for n, (name, shape) in enumerate(shapes.items()):
+            coll = db[f"costs_{n}"]
+            await BalanceRefiller(coll, librechat_policy()).ensure_indexes()
+            user = ObjectId()
+            await coll.insert_one(seed_doc("ours", user, 10**9))
+            before = server_cpu()
+            for i in range(COSTED):
+                await shape(coll, user, i)
+            after = server_cpu()
+            if before is not None and after is not None:
+                costs[name] = (after - before) / COSTED * 1000
+    finally:
+        await client.drop_database(db_name)
+        await client.close()
+    return costs
+
+
+def _add_ceiling(section: Section, direct: Measured, costs: dict[str, float]) -> None:
+    """What the stand-in allows at best: LibreChat classic's server CPU per message over
+    one steady-state spend's (every message one spend, no login, no refill)."""
+    classic = direct.loaded["LibreChat classic"].server_ms_per_message
+    spend = costs.get("ours: steady-state spend")
+    bare = costs.get("ours: the same without its two $push")
+    if not classic or not spend or not bare:
+        return
+    section.add(
+        "ceiling here: classic's server CPU per message / one spend's (without the $push)",
+        f"{classic / spend:.2f} ({classic / bare:.2f})",
+        "x",
+    )
+    section.notes.append(
+        "What bounds the throughput and server-CPU targets here: the server's CPU per "
+        "message (above, per command). A message of ours is at least one spend; LibreChat "
+        f"classic's costs the server {classic:.2f} ms, so if every message were one "
+        f"steady-state spend ({spend:.2f} ms) ours could be at most {classic / spend:.1f}x "
+        f"cheaper ({classic / bare:.1f}x without the two $push of the request window that "
+        "idempotency needs, which mongoeco makes the dearest part of the update). A real "
+        "mongod runs each of these in microseconds, where round trips and the network "
+        "dominate instead."
+    )
+
+
+def condition(delay: float) -> str:
+    """The label of a network condition: `direct`, or the round-trip time added."""
+    return "direct" if not delay else f"+{2 * delay * 1000:g} ms RTT"
+
+
+def _before_flows() -> tuple[str, ...]:
+    try:
+        before.load()
+    except before.BeforeUnavailable as exc:
+        progress(f"no paired figures against main: {exc}")
+        return ()
+    return (BEFORE_FLOW,)
+
+
+def _add_targets(section: Section, label: str, m: Measured) -> None:
+    """The issue's targets under one network condition, as ratios of one run."""
+    loaded = m.loaded
+    ours = loaded["ours"]
+    for name, goal in GOAL_THROUGHPUT.items():
+        r = ratio(ours.throughput, loaded[name].throughput)
+        section.add(f"{label}: throughput ours / {name}", r, "x", f">= {goal:g}x", r >= goal)
+    for name in FLOWS[1:]:
+        theirs = loaded[name]
+        section.add(
+            f"{label}: latency p50 / p99, {name} / ours",
+            f"{ratio(theirs.p50, ours.p50):.2f} / {ratio(theirs.p99, ours.p99):.2f}",
+            "x",
+        )
+    server_ms = {n: r.server_ms_per_message for n, r in loaded.items()}
+    if server_ms["ours"]:
+        classic = ratio(server_ms["LibreChat classic"] or 0.0, server_ms["ours"])
+        section.add(
+            f"{label}: server CPU per message, LibreChat classic / ours",
+            classic,
+            "x",
+            f">= {GOAL_SERVER_CPU:g}x",
+            classic >= GOAL_SERVER_CPU,
+        )
+        section.add(
+            f"{label}: server CPU per message, LibreChat reservations / ours",
+            ratio(server_ms["LibreChat reservations"] or 0.0, server_ms["ours"]),
+            "x",
+        )
+    if BEFORE_FLOW in loaded:
+        was = loaded[BEFORE_FLOW]
+        section.add(
+            f"{label}: ours now / {before.label()}: throughput, server CPU per message",
+            f"{ratio(ours.throughput, was.throughput):.2f} / "
+            f"{ratio(server_ms['ours'] or 0.0, server_ms[BEFORE_FLOW] or 0.0):.2f}",
+            "x",
+        )
+
+
+def _add_bytes(section: Section, sent: dict[str, WireResult]) -> None:
+    for name, r in sent.items():
+        shown = before.label() if name == BEFORE_FLOW else name
+        section.add(
+            f"{shown}: BSON bytes sent per message / per request",
+            f"{r.bytes_per_message or 0:,.0f} / {r.bytes_per_request or 0:,.0f}",
+            "B",
+        )
+    spend = sent["ours"].spend_bytes or 0.0
+    section.add(
+        "ours: BSON bytes per steady-state spend (findAndModify, median)",
+        spend,
+        "B",
+        f"<= {GOAL_SPEND_BYTES}",
+        spend <= GOAL_SPEND_BYTES,
+    )
+    if BEFORE_FLOW in sent:
+        section.add(
+            f"{before.label()}: BSON bytes per spend (findAndModify, median)",
+            sent[BEFORE_FLOW].spend_bytes or 0.0,
+            "B",
+        )
+
+
+def _add_cpu(section: Section, loaded_label: str, loaded: dict[str, WireResult]) -> None:
+    """Server and client CPU per message of each flow, and LibreChat's over ours."""
+    ours = loaded["ours"]
+    server_ms = {n: r.server_ms_per_message for n, r in loaded.items()}
+    ours_ms = server_ms["ours"]
+    if ours_ms is not None:
+        for n, ms in server_ms.items():
+            section.add(f"{loaded_label}: {n}: server CPU per message", ms or 0.0, "ms")
+        for name in FLOWS[1:]:
+            section.add(
+                f"server CPU per message, {name} / ours",
+                ratio(server_ms[name] or 0.0, ours_ms),
+                "x",
+            )
+    for r in loaded.values():
+        section.add(
+            f"{loaded_label}: {r.name}: client CPU per message", r.client_ms_per_message, "ms"
+        )
+    for name in FLOWS[1:]:
+        section.add(
+            f"client CPU per message, {name} / ours",
+            ratio(loaded[name].client_ms_per_message, ours.client_ms_per_message),
+            "x",
+        )
+
+
+async def measure_conditions(
+    server: WireServer, sizes: Sizes, flows: tuple[str, ...]
+) -> tuple[dict[str, Measured], dict[str, float]]:
+    """`measure` directly and through the delay proxy for each of `DELAYS`; also the
+    latency the proxy really added per message and direction (ms), per condition."""
+    pid = server.process.pid
+
+    def cpu() -> float | None:
+        return process_cpu_seconds(pid)
+
+    conditions: dict[str, Measured] = {}
+    proxies: dict[str, float] = {}
+    for delay in DELAYS:
+        label = condition(delay)
+        progress(f"{label}: {', '.join(flows)}")
+        if not delay:
+            conditions[label] = await measure(server.uri, sizes, cpu, flows)
+            continue
+        async with Proxy(server.host, server.port, delay=delay) as proxy:
+            conditions[label] = await measure(proxy.uri, sizes, cpu, flows)
+            proxies[label] = proxy.stats.mean_hold * 1000
+    return conditions, proxies
+
+
 async def run(quick: bool = False) -> Section:
     sizes = QUICK if quick else FULL
     section = Section("network", "3. round trips on a wire server")
+    flows = FLOWS + _before_flows()
     server = await start_server()
     with server:
         python = ".".join(map(str, server.python.version))
@@ -522,8 +787,18 @@ async def run(quick: bool = False) -> Section:
             f"on {server.host}, loopback TCP"
         )
         progress(f"server: {where}, port {server.port}")
+        conditions, proxies = await measure_conditions(server, sizes, flows)
         pid = server.process.pid
-        measured = await measure(server.uri, sizes, lambda: process_cpu_seconds(pid))
+        costs = await command_costs(server.uri, lambda: process_cpu_seconds(pid))
+    for name, ms in costs.items():
+        section.add(f"server CPU per command: {name}", ms, "ms")
+    _add_ceiling(section, conditions["direct"], costs)
+    measured = conditions["direct"]
+    for label, m in conditions.items():
+        _add_targets(section, label, m)
+    for label, hold in proxies.items():
+        section.add(f"{label}: delay the proxy really added per message, each way", hold, "ms")
+    _add_bytes(section, measured.sent)
     loaded, unloaded = measured.loaded, measured.unloaded
     loaded_label = f"{sizes.concurrency} users at a time"
     section.add("server", f"mongoeco {server.mongoeco_version}, in memory, {server.host} TCP")
@@ -560,27 +835,7 @@ async def run(quick: bool = False) -> Section:
         section.add(
             f"one user at a time: {r.name}: median round trip by command", _medians(r), "ms"
         )
-    server_ms = {n: r.server_ms_per_message for n, r in loaded.items()}
-    ours_ms = server_ms["ours"]
-    if ours_ms is not None:
-        for n, ms in server_ms.items():
-            section.add(f"{loaded_label}: {n}: server CPU per message", ms or 0.0, "ms")
-        for name in FLOWS[1:]:
-            section.add(
-                f"server CPU per message, {name} / ours",
-                ratio(server_ms[name] or 0.0, ours_ms),
-                "x",
-            )
-    for r in loaded.values():
-        section.add(
-            f"{loaded_label}: {r.name}: client CPU per message", r.client_ms_per_message, "ms"
-        )
-    for name in FLOWS[1:]:
-        section.add(
-            f"client CPU per message, {name} / ours",
-            ratio(loaded[name].client_ms_per_message, ours.client_ms_per_message),
-            "x",
-        )
+    _add_cpu(section, loaded_label, loaded)
     for r in loaded.values():
         section.add(f"{r.name}: users consistent after the run", f"{r.users} of {r.users}")
     section.notes.append(
@@ -668,5 +923,18 @@ async def run(quick: bool = False) -> Section:
         "rounds": [{n: r.summary() for n, r in one.items()} for one in measured.rounds],
         "loaded": {n: r.summary() for n, r in loaded.items()},
         "unloaded": {n: r.summary() for n, r in unloaded.items()},
+        "conditions": {
+            label: {n: r.summary() for n, r in m.loaded.items()} for label, m in conditions.items()
+        },
+        "bytes": {
+            n: {
+                "per_message": r.bytes_per_message,
+                "per_request": r.bytes_per_request,
+                "spend": r.spend_bytes,
+            }
+            for n, r in measured.sent.items()
+        },
+        "before": before.label() if BEFORE_FLOW in flows else None,
+        "server_cpu_per_command_ms": costs,
     }
     return section

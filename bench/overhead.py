@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import count
+from types import ModuleType
 from typing import Any, cast
 
 from bson import ObjectId, tz_util
@@ -35,25 +36,44 @@ from balance_refill.events import Event
 from balance_refill.metrics import Metrics
 from balance_refill.testing import CallLog, RecordingCollection
 
-from .common import Section, librechat_doc, librechat_policy, median, mock_db, ratio
+from . import before
+from .common import (
+    LIBRECHAT_BALANCE,
+    Section,
+    librechat_doc,
+    librechat_policy,
+    median,
+    mock_db,
+    ratio,
+)
 
-GOAL_US = 20.0
+GOAL_US = 12.0
 GOAL_RATIO = 1.3
 Step = Callable[[], Awaitable[object]]
 
 
 class StubCollection:
-    """An async collection that answers every call at once with a prepared document."""
+    """An async collection that answers every call at once with a prepared document (as
+    a server would: without the fields a projection leaves out)."""
 
     name = "stub"
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
         self.calls = 0
+        self._projected: dict[int, tuple[object, dict[str, Any]]] = {}
 
     async def find_one_and_update(self, *args: object, **kwargs: object) -> dict[str, Any]:
         self.calls += 1
-        return self.doc
+        projection = kwargs.get("projection")
+        if not isinstance(projection, Mapping):
+            return self.doc
+        known = self._projected.get(id(projection))
+        if known is None or known[0] is not projection:  # the library's constants: once each
+            left_out = {k for k, v in projection.items() if not v}
+            known = (projection, {k: v for k, v in self.doc.items() if k not in left_out})
+            self._projected[id(projection)] = known
+        return known[1]
 
 
 def steady_state_doc(user: ObjectId) -> dict[str, Any]:
@@ -92,13 +112,20 @@ async def time_per_call(step: Step, *, batches: int, batch: int, warmup: int) ->
     return samples
 
 
-def stub_steps() -> dict[str, Step]:
+def stub_steps(package: ModuleType | None = None) -> dict[str, Step]:
     """ensure_balance and spend on the stub (the real clock; the document is never due),
-    and the stub call alone."""
+    and the stub call alone; with the refiller of `package` (a `balance_refill` of an
+    earlier commit, see `before`) instead of the current one if given."""
     user = ObjectId()
     stub = StubCollection(steady_state_doc(user))
+    make = BalanceRefiller if package is None else package.BalanceRefiller
+    policy = (
+        librechat_policy()
+        if package is None
+        else package.RefillPolicy.from_librechat(LIBRECHAT_BALANCE)
+    )
     # The stub has only the one method the hot path calls when nothing is due.
-    refiller = BalanceRefiller(cast(Any, stub), librechat_policy(), ledger=cast(Any, stub))
+    refiller = make(cast(Any, stub), policy, ledger=cast(Any, stub))
     ids = count()
     steps: dict[str, Step] = {
         "ensure_balance": lambda: refiller.ensure_balance(user),
@@ -163,6 +190,27 @@ async def observed(section: Section, *, batches: int, batch: int, warmup: int) -
                     )
     finally:
         shutdown()
+
+
+async def paired_stub(
+    package: ModuleType, *, batches: int, batch: int, warmup: int
+) -> dict[str, tuple[float, float]]:
+    """(now, before) CPU microseconds per call on the stub, medians of interleaved batches
+    (a batch of the current library, then one of `package`'s, and so on)."""
+    now, before = stub_steps(), stub_steps(package)
+    out: dict[str, tuple[float, float]] = {}
+    for name in ("ensure_balance", "spend"):
+        ours: list[float] = []
+        theirs: list[float] = []
+        for _ in range(warmup):
+            await now[name]()
+            await before[name]()
+        for i in range(batches):  # interleaved, alternating which goes first
+            pair = [(now[name], ours), (before[name], theirs)]
+            for step, kept in pair if i % 2 == 0 else pair[::-1]:
+                kept.extend(await time_per_call(step, batches=1, batch=batch, warmup=0))
+        out[name] = (median(ours), median(theirs))
+    return out
 
 
 async def mock_pairs(calls: int) -> dict[str, tuple[Step, Step]]:
@@ -240,6 +288,22 @@ async def run(quick: bool = False, *, with_profile: bool = False) -> Section:
             f"stub: {name} ({what}), CPU per call", us, "us", f"<= {GOAL_US:g} us", us <= GOAL_US
         )
     section.add("stub: the stub call alone", stub["stub call alone"], "us")
+    try:
+        package = before.load()
+    except before.BeforeUnavailable as exc:
+        section.notes.append(f"no paired figures against main: {exc}")
+    else:
+        was = before.label()
+        paired = await paired_stub(package, batches=batches, batch=batch, warmup=warmup)
+        section.data["paired"] = {"before": was, **{k: list(v) for k, v in paired.items()}}
+        for name, (now_us, before_us) in paired.items():
+            section.add(f"paired: {name}, now / {was}", f"{now_us:.2f} / {before_us:.2f}", "us")
+            section.add(f"paired: {name}, now / {was}, ratio", ratio(now_us, before_us), "x")
+        section.notes.append(
+            f"paired: the current library and {was} (its package extracted with git archive "
+            "and imported beside this one, bench/before.py) on the same stub, batches "
+            "interleaved in one run; the machine's other load falls on both alike."
+        )
 
     batches, batch, warmup = (6, 5, 20) if quick else (60, 20, 300)
     pairs = await mock_pairs(calls=warmup + batches * batch)

@@ -2,13 +2,20 @@
 
 The classic script reads every balance document, then sends `bulk_write` of
 `UpdateOne({_id}, {$set: {tokenCredits, lastRefill}}, upsert=True)` in unordered batches
-of 500, and writes no ledger. Ours is `sweep(active_within="30d", batch_size=500)` under
+of 500, and writes no ledger. Ours is `sweep(active_within="30d")` (batches of 2,000) under
 `RefillPolicy(amount=10_000, interval="30d")`. Both run on copies of one population, on a
 mongoeco wire server through the real driver (see `network`): 20% of the users are due
 (under 10,000 credits, `lastRefill` over 30 days old) and, independently, 50% inactive
 (`lastSeen` over 30 days old), so 10% are due and active. Ours reads the due users; for
 those its documents do not show as seen, one aggregation per batch looks for their rows in
 the ledger (LibreChat records activity there), which this population does not have.
+
+A second population has everyone due and active: 10,000 users, the classic script in
+batches of 500 and ours in its default batches of 2,000 (`SWEEP_BATCH`), measured at 1/5
+scale (2,000 users, batches of 100 and 400; 1/20 with `--quick`): the same number of
+batches, so the same round trips. mongoeco, unlike a server, checks every inserted ledger
+row's `_id` by scanning the collection (about 16 ms a row at 1,000 rows), which makes
+10,000 rows a matter of hours on it, not of round trips.
 
 Every command the driver sends is counted by a `CommandListener`, with the documents its
 reply carries (`find`, `getMore`) or reports written (`insert`, `update`, `delete`).
@@ -27,13 +34,16 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient, UpdateOne, monitoring
 
 from balance_refill import BalanceRefiller, RefillPolicy
+from balance_refill.sweep import SWEEP_BATCH
 from balance_refill.testing import FakeClock
 
 from .common import START, Section, librechat_doc, ratio
 from .network import CommandLog, WireBenchmarkError, start_server
 
 AMOUNT = 10_000
-BATCH_SIZE = 500
+BATCH_SIZE = 500  # the classic script's
+GOAL_ALL_DUE = 2.0  # ours' round trips over the classic script's, everyone due
+ALL_DUE_USERS = 10_000
 Doc = dict[str, Any]
 
 
@@ -71,19 +81,40 @@ def population(users: int) -> list[Doc]:
     return docs
 
 
-async def classic_reset(balances: Any) -> None:
+def population_all_due(users: int) -> list[Doc]:
+    """Everyone due (under 10,000 credits, `lastRefill` over 30 days old) and active."""
+    docs = []
+    for i in range(users):
+        doc = librechat_doc(ObjectId(), (i * 37) % AMOUNT, START - timedelta(days=31 + i % 60))
+        doc["autoRefillEnabled"] = False
+        doc["lastSeen"] = START - timedelta(days=1 + i % 29)
+        docs.append(doc)
+    return docs
+
+
+async def classic_reset(balances: Any, batch_size: int = BATCH_SIZE) -> None:
     """The classic script: every user set to AMOUNT credits, in bulk writes of 500."""
     users = [doc async for doc in balances.find({}, {"user": 1})]
-    for i in range(0, len(users), BATCH_SIZE):
+    for i in range(0, len(users), batch_size):
         update = {"$set": {"tokenCredits": AMOUNT, "lastRefill": START}}
         requests = [
-            UpdateOne({"_id": u["_id"]}, update, upsert=True) for u in users[i : i + BATCH_SIZE]
+            UpdateOne({"_id": u["_id"]}, update, upsert=True) for u in users[i : i + batch_size]
         ]
         await balances.bulk_write(requests, ordered=False)
 
 
-async def run_side(client: Any, log: DocumentLog, side: str, docs: list[Doc]) -> dict[str, Any]:
-    """One side on a fresh database: seed, run, count, check, drop."""
+async def run_side(
+    client: Any,
+    log: DocumentLog,
+    side: str,
+    docs: list[Doc],
+    *,
+    everyone_due: bool = False,
+    scale: int = 1,
+) -> dict[str, Any]:
+    """One side on a fresh database: seed, run, count, check, drop. Ours sweeps with its
+    default batch size (`SWEEP_BATCH`), the classic script in batches of 500; both
+    divided by `scale` (a population `scale` times smaller in as many batches)."""
     db = client[f"bench_sweep_{uuid.uuid4().hex[:12]}"]
     policy = RefillPolicy(amount=AMOUNT, interval="30d")
     ours = BalanceRefiller(
@@ -97,12 +128,12 @@ async def run_side(client: Any, log: DocumentLog, side: str, docs: list[Doc]) ->
         log.read = log.written = 0
         t0 = time.perf_counter()
         if side == "ours":
-            await ours.sweep(active_within="30d", batch_size=BATCH_SIZE)
+            await ours.sweep(active_within="30d", batch_size=SWEEP_BATCH // scale)
         else:
-            await classic_reset(db["balances"])
+            await classic_reset(db["balances"], BATCH_SIZE // scale)
         seconds = time.perf_counter() - t0
         commands, read, written = log.take()[0], log.read, log.written
-        wanted = sorted(d["user"] for i, d in enumerate(docs) if i % 10 == 0)
+        wanted = sorted(d["user"] for i, d in enumerate(docs) if everyone_due or i % 10 == 0)
         rows = sorted([r["user"] async for r in db["transactions"].find({"context": "autoRefill"})])
         topped = {"user": {"$in": wanted}, "tokenCredits": AMOUNT}
         if side == "ours" and (
@@ -135,6 +166,16 @@ async def run(quick: bool = False) -> Section:
             }
         finally:
             await client.close()
+        scale = 20 if quick else 5
+        everyone = population_all_due(ALL_DUE_USERS // scale)
+        client = AsyncMongoClient(server.uri, tz_aware=True, event_listeners=[log])
+        try:
+            all_due = {
+                side: await run_side(client, log, side, everyone, everyone_due=True, scale=scale)
+                for side in ("classic", "ours")
+            }
+        finally:
+            await client.close()
     classic, ours = results["classic"], results["ours"]
     section.add(
         "users / due / active / due and active",
@@ -157,9 +198,31 @@ async def run(quick: bool = False) -> Section:
         f"{classic['seconds']:.2f} / {ours['seconds']:.2f}",
         "s",
     )
+    due_users = ALL_DUE_USERS
+    trips = [all_due[side]["round_trips"] for side in ("classic", "ours")]
+    section.add(
+        f"everyone due and active, {due_users:,} users: round trips, classic / ours",
+        f"{trips[0]:,} / {trips[1]:,}",
+    )
+    section.add(
+        f"everyone due and active, {due_users:,} users: round trips, ours / classic",
+        ratio(trips[1], trips[0]),
+        "x",
+        f"<= {GOAL_ALL_DUE:g}x",
+        ratio(trips[1], trips[0]) <= GOAL_ALL_DUE,
+    )
+    section.add(
+        f"everyone due, at 1/{scale} scale: wall time on mongoeco, classic / ours",
+        f"{all_due['classic']['seconds']:.2f} / {all_due['ours']['seconds']:.2f}",
+        "s",
+    )
     section.notes += [
         f"{side}: " + ", ".join(f"{k} {v}" for k, v in sorted(r["commands"].items()))
         for side, r in results.items()
+    ]
+    section.notes += [
+        f"everyone due, {side}: " + ", ".join(f"{k} {v}" for k, v in sorted(r["commands"].items()))
+        for side, r in all_due.items()
     ]
     section.notes.append(
         "read / written: documents. The two do not do the same thing: the classic sets every "
@@ -169,5 +232,9 @@ async def run(quick: bool = False) -> Section:
         "document in its first batch, where mongod sends 101 and then getMores: the "
         "classic's read is one round trip more on a real server."
     )
-    section.data = {"users": users, **results}
+    section.data = {
+        "users": users,
+        **results,
+        "everyone_due": {"users": due_users, "scale": scale, **all_due},
+    }
     return section

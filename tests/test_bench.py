@@ -17,7 +17,7 @@ from pymongo.errors import AutoReconnect
 
 from balance_refill import BalanceRefiller, InsufficientCredits, RefillPolicy
 from balance_refill.testing import Call, CallLog, FakeClock, RecordingCollection
-from bench import calls, network, overhead, scale, simulate, sweep
+from bench import before, calls, network, overhead, scale, simulate, sweep
 from bench.baselines import LibreChatClassic, LibreChatReservations, Message, Ours
 from bench.common import START, librechat_doc, librechat_policy, mock_db, render
 from bench.run import BENCHMARKS, WIRE, main
@@ -93,6 +93,33 @@ async def test_overhead_runs() -> None:
         assert value > 0
 
 
+async def test_overhead_is_paired_with_main() -> None:
+    """The stub figures are paired in one run with main's package, imported beside this
+    one: both sides ran and the ratio is theirs."""
+    section = await overhead.run(quick=True)
+    paired = section.data["paired"]
+    assert paired["before"].startswith("main@")
+    for name in ("ensure_balance", "spend"):
+        now_us, before_us = paired[name]
+        assert now_us > 0
+        assert before_us > 0
+        assert section.value(f"paired: {name}, now / {paired['before']}, ratio") == (
+            now_us / before_us
+        )
+
+
+def test_before_is_another_package() -> None:
+    """bench/before.py imports main's package under its own name: a different
+    BalanceRefiller class, whose modules are its own."""
+    import balance_refill
+
+    package = before.load()
+    assert package.__name__.startswith("balance_refill_")
+    assert package.BalanceRefiller is not balance_refill.BalanceRefiller
+    assert package.BalanceRefiller.__module__ == f"{package.__name__}.refiller"
+    assert before.load() is package  # loaded once
+
+
 async def test_bare_calls_are_the_librarys_own() -> None:
     """The replayed bare calls charge like the library's spend (a fresh request key each)."""
     ours, bare = (await overhead.mock_pairs(calls=2))["spend"]
@@ -148,17 +175,20 @@ async def test_simulate_benchmark_quick() -> None:
 
 
 async def test_sweep_benchmark_quick() -> None:
-    """Ours reads only the due users (activity for those not seen on their document is
-    read from the ledger, one aggregation per batch) and refills the due and active ones
-    once each; the classic reads and writes everyone."""
+    """Ours reads only the due users (activity is read from the ledger, per batch) and
+    refills the due and active ones once each; the classic reads and writes everyone."""
     section = await sweep.run(quick=True)
     classic, ours = section.data["classic"], section.data["ours"]
     users = section.data["users"]
     assert (classic["read"], classic["written"]) == (users, users)
-    assert ours["read"] == users // 5
-    assert ours["ledger_rows"] == users // 10
+    assert (ours["read"], ours["ledger_rows"]) == (users // 5, users // 10)
     assert classic["ledger_rows"] == 0
     assert section.figure("documents moved (read + written), classic / ours").met
+    everyone = section.data["everyone_due"]
+    scaled = sweep.ALL_DUE_USERS // everyone["scale"]
+    assert everyone["ours"]["ledger_rows"] == everyone["ours"]["read"] == scaled
+    assert everyone["classic"]["round_trips"] == 1 + 20  # one read, 20 bulk writes of 500
+    assert everyone["ours"]["round_trips"] <= 2 * everyone["classic"]["round_trips"]
 
 
 # -- 5. round trips on a wire server -----------------------------------------------------
@@ -191,9 +221,17 @@ async def test_wire_benchmark_quick() -> None:
     if sys.platform == "linux":  # the server's CPU comes from /proc
         assert all(r["server_cpu_ms_per_message"] > 0 for r in loaded.values())
     assert "Only the ratios between the flows" in render([section])
+    assert list(section.data["conditions"]) == ["direct", "+0.5 ms RTT", "+2 ms RTT"]
+    sent = section.data["bytes"]
+    assert set(sent) == {*network.FLOWS, network.BEFORE_FLOW}
+    assert sent["ours"]["spend"] < sent[network.BEFORE_FLOW]["spend"]  # no pipeline now
+    for label in ("+0.5 ms RTT", "+2 ms RTT"):
+        held = section.value(f"{label}: delay the proxy really added per message, each way")
+        assert isinstance(held, float)
+        assert held > 0
 
 
-@pytest.mark.parametrize("name", network.FLOWS)
+@pytest.mark.parametrize("name", [*network.FLOWS, network.BEFORE_FLOW])
 async def test_wire_flows_leave_every_user_consistent_on_the_mock(name: str) -> None:
     """The network benchmark's seeding, sessions and per-user check, on mongomock: the
     check passes after a run, and names a user given a second refill row."""

@@ -169,3 +169,45 @@ async def test_stale_refill_after_refill_and_reset_to_zero(
     assert not (await stale).refilled  # same period: the stale decision must not land
     assert await db["transactions"].count_documents({"context": "autoRefill"}) == 1
     assert (await db["balances"].find_one({"user": "u"}))["tokenCredits"] == 0
+
+
+def test_outlook_is_the_three_functions_at_once() -> None:
+    """`outlook` (what every call reports) agrees with `assigned_tier`, `auto_refill_on`
+    and `next_refill` on every combination of tier, period tier, pause and last refill."""
+    from balance_refill.decide import (
+        UserState,
+        assigned_tier,
+        auto_refill_on,
+        next_refill,
+        outlook,
+    )
+    from balance_refill.policy import TieredPolicy
+
+    tiers = TieredPolicy(
+        tiers={
+            "free": RefillPolicy(amount=100, interval="30d"),
+            "pro": RefillPolicy(amount=1_000, interval="7d"),
+            "off": RefillPolicy(amount=5, interval="1d", auto_refill=False),
+        },
+        default_tier="free",
+    )
+    names = [None, "free", "pro", "off", "gone", 5]
+    checked = 0
+    for tier in names:
+        for refill_tier in names:
+            for paused in (False, True):
+                for last_refill in (None, NOW - timedelta(days=3)):
+                    state = UserState(
+                        tier=tier if isinstance(tier, str) or tier is None else None,
+                        refill_tier=refill_tier if isinstance(refill_tier, str) else None,
+                        paused=paused,
+                        last_refill=last_refill,
+                    )
+                    expected = (
+                        assigned_tier(tiers, state),
+                        auto_refill_on(tiers, state),
+                        next_refill(tiers, state, NOW),
+                    )
+                    assert outlook(tiers, state, NOW) == expected, state
+                    checked += 1
+    assert checked == 144

@@ -75,7 +75,9 @@ async def test_hot_path_through_motor(motor_db: Any) -> None:
     log.reset()
     state = await refiller.spend(user, 100)
     assert (state.refilled, state.balance) == (True, 9_900)
-    assert log.count <= 4
+    # the plain update first (the balance was lowered behind the refiller's back: it last
+    # saw 18,500), then the refill's four calls
+    assert log.count <= 5
     assert await motor_db["transactions"].count_documents({"user": user}) == 1
 
 

@@ -203,10 +203,11 @@ def test_after_first_seen_never_moves_last_seen_back(
 def test_after_an_uncharged_spend_the_counters_exist() -> None:
     """A spend that did not charge wrote missing counters as 0: the filter expects 0."""
     record = S.after_uncharged_spend(S.parse({"_id": 1, "user": "u", "autoRefillEnabled": True}))
-    assert (record.cas["tokenCredits"], record.cas["spentSinceRefill"]) == (0, 0)
+    cas = S.cas_filter(record)
+    assert (cas["tokenCredits"], cas["spentSinceRefill"]) == (0, 0)
     assert record.librechat_auto is False
     kept = S.after_uncharged_spend(S.parse({"_id": 1, "user": "u", "tokenCredits": 3.5}))
-    assert kept.cas["tokenCredits"] == 3.5
+    assert S.cas_filter(kept)["tokenCredits"] == 3.5
 
 
 # -- through a database, on every backend -----------------------------------------------------
@@ -378,3 +379,30 @@ async def test_sweep_logs_librechat_switch_only_where_it_was_on(
     assert len(warned) == 1
     assert "'on'" in warned[0]
     assert {d["autoRefillEnabled"] async for d in db["balances"].find()} == {False}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"lastSeen": NOW - timedelta(days=1), "autoRefillEnabled": True},
+        {"lastSeen": NOW + timedelta(hours=1)},  # ahead of this clock: kept
+        {"lastSeen": "yesterday", "autoRefillEnabled": False},
+    ],
+)
+def test_parse_seen_is_the_document_after_first_seen(fields: dict[str, Any]) -> None:
+    """`parse(before, seen=now)` reads the record `after_first_seen` derives (the hot
+    path skips the copy), compare-and-swap filter included."""
+    before = {"_id": 1, "user": "u", "tokenCredits": 7, "lastRefill": NOW, **fields}
+    direct = S.parse(before, seen=NOW)
+    derived = S.parse(S.after_first_seen(before, {}, "u", NOW))
+    assert direct._replace(doc={}) == derived._replace(doc={})
+    assert S.cas_filter(direct) == S.cas_filter(derived)
+
+
+def test_history_values_that_are_not_numbers_read_as_zero() -> None:
+    """The spend history keeps whole and fractional numbers as stored; anything else
+    (text, NaN, infinity) reads as 0, as every other stored number does."""
+    history = [1, 2.5, "x", float("nan"), float("inf"), True, None]
+    assert S.parse({"spendHistory": history}).state.history == (1, 2.5, 0, 0, 0, 1, 0)
+    assert S.parse({"spendHistory": [4, 5]}).state.history == (4, 5)

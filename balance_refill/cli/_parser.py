@@ -460,8 +460,8 @@ class _Commands:
             "--batch-size",
             metavar="N",
             type=bounded_int(1, 10_000),
-            default=500,
-            help="users per batch, 1 to 10000 (default 500)",
+            default=2_000,
+            help="users per batch, 1 to 10000 (default 2000)",
         )
         p.add_argument(
             "--dry-run", action="store_true", help="show what would happen; write nothing"
