@@ -204,3 +204,90 @@ def test_skip_reasons_are_the_report_keys(state: UserState, reason: str) -> None
     assert plan_refill(tiers, state, NOW) is None
     assert skip_reason(tiers, state, NOW) == reason
     assert reason in SKIP_REASONS
+
+
+# -- written against the survivors of the 2026-12-06 run (issues 15 and 21) --------------
+
+from balance_refill import _schema as S  # noqa: E402 - grouped with the tests that use it
+from balance_refill.decide import UserState, state_after  # noqa: E402
+
+ADD_AT_THRESHOLD = TieredPolicy.single(
+    RefillPolicy(amount=100, interval="1d", mode="add", threshold=100)
+)
+DEMOTE_QUIET = TieredPolicy(
+    tiers={
+        "normal": RefillPolicy(amount=100, interval="1d"),
+        "heavy": RefillPolicy(amount=1_000, interval="7d"),
+    },
+    default_tier="normal",
+    rules=(TierRule(from_tier="heavy", to_tier="normal", max_usage=0.1, periods=1, of_last=1),),
+)
+
+
+def written(doc: dict[str, object], update: S.Update) -> UserState:
+    """The state a server leaves after `update` (the operators `refill_update` uses)."""
+    after = dict(doc)
+    for op, fields in update.items():
+        if op == "$set":
+            after.update(fields)
+        elif op == "$max":
+            for key, value in fields.items():
+                old = after.get(key)
+                after[key] = value if old is None or value > old else old
+        elif op != "$push":
+            raise AssertionError(op)
+    return S.parse(after).state
+
+
+def test_a_balance_exactly_at_the_threshold_is_not_refilled() -> None:
+    """`add` with the available balance equal to the threshold: nothing is due (the test
+    is `>=`, with or without activity rules)."""
+    state = UserState(balance=100, last_refill=NOW - timedelta(days=2))
+    with_rules = TieredPolicy(
+        tiers={
+            "std": ADD_AT_THRESHOLD.tiers["default"],
+            "other": RefillPolicy(amount=5, interval="1d"),
+        },
+        default_tier="std",
+        rules=(TierRule(from_tier="other", to_tier="std", min_usage=0.5),),
+    )
+    for tiers in (ADD_AT_THRESHOLD, with_rules):
+        assert plan_refill(tiers, state, NOW) is None
+        assert plan_refill(tiers, state._replace(balance=99.5), NOW) is not None
+
+
+@pytest.mark.parametrize("charge", [0, 30, 12.5])
+def test_state_after_a_refill_is_what_the_update_writes(charge: float) -> None:
+    """`state_after` (what a caller whose reply was lost is told) equals the state the
+    refill's update leaves, field by field, with a tier move and a charge."""
+    doc: dict[str, object] = {
+        "_id": 1, "user": "u", "tokenCredits": 0, "tier": "heavy", "refillTier": "heavy",
+        "lastRefill": NOW - timedelta(days=8), "spentSinceRefill": 5, "spendHistory": [3],
+    }  # fmt: skip
+    before = S.parse(doc).state
+    plan = plan_refill(DEMOTE_QUIET, before, NOW)
+    assert plan is not None
+    assert (plan.tier_only, plan.previous_tier) == (False, "heavy")
+    update = S.refill_update(plan, NOW, charge=charge, mirrored={})
+    assert state_after(before, plan, NOW, charge=charge) == written(doc, update)
+
+
+def test_state_after_a_tier_only_change_is_what_the_update_writes() -> None:
+    """A demotion that adds nothing: the plan keeps the balance, history and reservations,
+    names the tier whose period keeps governing, and `state_after` equals what its update
+    writes (tier and refillTier only)."""
+    doc: dict[str, object] = {
+        "_id": 1, "user": "u", "tokenCredits": 900, "reservedCredits": 7, "tier": "heavy",
+        "lastRefill": NOW - timedelta(days=8), "spendHistory": [3, 4],
+    }  # fmt: skip
+    before = S.parse(doc).state
+    plan = plan_refill(DEMOTE_QUIET, before, NOW)
+    assert plan is not None
+    assert plan.tier_only
+    assert (plan.tier, plan.previous_tier, plan.period_tier) == ("normal", "heavy", "heavy")
+    assert (plan.amount, plan.history, plan.reserved) == (0, (3, 4), 7)
+    assert plan.policy is DEMOTE_QUIET.tiers["normal"]
+    assert (plan.before, plan.after, plan.granted) == (900, 900, 0)
+    update = S.refill_update(plan, NOW, charge=0, mirrored={})
+    assert update["$set"] == {"tier": "normal", "refillTier": "heavy"}
+    assert state_after(before, plan, NOW) == written(doc, update)

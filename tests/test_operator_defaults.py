@@ -420,3 +420,16 @@ async def test_ids_with_surrounding_whitespace_are_refused(make_refiller: Make, 
         with pytest.raises(ValueError, match="leading or trailing whitespace"):
             await refiller.ensure_balance(bad)
     assert await db["balances"].count_documents({}) == 0
+
+
+async def test_a_conflict_names_the_amount_of_that_request_not_the_newest(
+    make_refiller: Make,
+) -> None:
+    """The amount checked is the one remembered for that very id, wherever it sits in
+    the window (not the newest or the oldest entry)."""
+    refiller = make_refiller()
+    for key, amount in (("k0", 10), ("k1", 50), ("k2", 60)):
+        await refiller.spend("u", amount, request_id=key)
+    with pytest.raises(IdempotencyConflict) as info:
+        await refiller.spend("u", 70, request_id="k1")
+    assert info.value.original == 50
