@@ -5,8 +5,8 @@ Motor, mongomock-motor). Every call the library makes is safe to repeat (reads, 
 that only fill missing fields, compare-and-swaps, inserts with chosen `_id`s), so
 transient driver failures (a lost connection, a paused connection pool, a
 retryable-write error, a write concern timeout) are retried with exponential backoff and
-full jitter until a time budget is spent. Driver errors that remain are wrapped in
-`StorageError`, naming the call, with the original as `__cause__`; anything else (a
+jitter (half to all of each wait) until a time budget is spent. Driver errors that
+remain are wrapped in `StorageError`, naming the call, with the original as `__cause__`; anything else (a
 bug, a collection that is not pymongo-like) propagates as itself.
 """
 

@@ -64,8 +64,9 @@ class BalanceRefiller:
     document remembers for idempotency (128 by default: a retry within the user's last
     128 spends is recognised). Transient driver errors (a lost connection, a paused
     connection pool) are retried with exponential backoff from `retry_delay` seconds
-    and full jitter for up to `retry_budget` seconds per call (`retry_attempts` caps
-    the tries too); then the call raises `StorageError`.
+    and jitter (a random wait of half to all of each step) for up to `retry_budget`
+    seconds per call (`retry_attempts` caps the tries too); then the call raises
+    `StorageError`. While one call retries, the client's other calls wait for it.
 
     `on_event` is a sync or async callable, or a list of them, given each event of
     `balance_refill.events` after its write committed (`refiller.events` delivers them:
