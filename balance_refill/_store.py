@@ -6,8 +6,9 @@ that only fill missing fields, compare-and-swaps, inserts with chosen `_id`s), s
 transient driver failures (a lost connection, a paused connection pool, a
 retryable-write error, a write concern timeout) are retried with exponential backoff and
 jitter (half to all of each wait) until a time budget is spent. Driver errors that
-remain are wrapped in `StorageError`, naming the call, with the original as `__cause__`; anything else (a
-bug, a collection that is not pymongo-like) propagates as itself.
+remain are wrapped in `StorageError`, naming the call, with the original as
+`__cause__`; anything else (a bug, a collection that is not pymongo-like) propagates as
+itself.
 """
 
 from __future__ import annotations
