@@ -291,3 +291,19 @@ def test_state_after_a_tier_only_change_is_what_the_update_writes() -> None:
     update = S.refill_update(plan, NOW, charge=0, mirrored={})
     assert update["$set"] == {"tier": "normal", "refillTier": "heavy"}
     assert state_after(before, plan, NOW) == written(doc, update)
+
+
+def test_state_after_a_refill_without_a_move_keeps_a_missing_tier() -> None:
+    """A refill that moves nobody leaves a missing `tier` missing (the default tier by
+    absence), as its update does: `state_after` must not fill it in."""
+    doc: dict[str, object] = {
+        "_id": 1, "user": "u", "tokenCredits": 0, "lastRefill": NOW - timedelta(days=2),
+    }  # fmt: skip
+    before = S.parse(doc).state
+    plan = plan_refill(ADD_AT_THRESHOLD, before, NOW)
+    assert plan is not None
+    assert plan.previous_tier is None
+    update = S.refill_update(plan, NOW, charge=0, mirrored={})
+    after = state_after(before, plan, NOW)
+    assert after.tier is None
+    assert after == written(doc, update)

@@ -416,3 +416,11 @@ def test_month_arithmetic_crosses_years_both_ways() -> None:
     """`add_months` crosses a year boundary forwards and backwards, clamping the day."""
     assert add_months(utc(2026, 11, 30), 3) == utc(2027, 2, 28)
     assert add_months(utc(2026, 3, 31), -13) == utc(2025, 2, 28)
+
+
+@pytest.mark.parametrize("text", ["9999999999999w", "9999999999999d", "5300000000h"])
+def test_huge_intervals_are_refused_before_any_overflow(text: str) -> None:
+    """Counts too large for a timedelta are a ValueError naming the limit, never an
+    OverflowError from building the timedelta."""
+    with pytest.raises(ValueError, match=r"^an interval must be at most 100 years$"):
+        parse_interval(text)
