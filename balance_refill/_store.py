@@ -129,6 +129,12 @@ class _Recovery:
     def __init__(self) -> None:
         self._probe: asyncio.Future[None] | None = None
 
+    @property
+    def pending(self) -> asyncio.Future[None] | None:
+        """The last probe started (maybe done, maybe of another loop): None means no
+        probe can be under way, so the hot path skips `probe()`."""
+        return self._probe
+
     def probe(self) -> asyncio.Future[None] | None:
         """The probe under way in this event loop, if any."""
         probe = self._probe
@@ -239,7 +245,7 @@ class Store:
         observer = self.observer
         try:
             while True:
-                if not probing:
+                if not probing and recovery.pending is not None:  # rare: a probe may be on
                     started = await self._wait_for_probe(recovery, what, started)
                 attempt += 1
                 if observer is not None:
