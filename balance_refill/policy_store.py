@@ -113,6 +113,24 @@ def policy_kind(policy: object) -> PolicyKind:
     )
 
 
+def flatten(value: object, prefix: str = "", *, keep_empty: bool = False) -> dict[str, object]:
+    """A nested policy dump as `{"tiers.heavy.amount": 50000, ...}` (list items by
+    index), for showing what differs between two versions. `keep_empty` lists an empty
+    mapping or list under its own name (else it has no entry)."""
+    if isinstance(value, Mapping):
+        items: list[tuple[str, object]] = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return {prefix: value}
+    flat: dict[str, object] = {}
+    for key, item in items:
+        flat.update(flatten(item, f"{prefix}.{key}" if prefix else key, keep_empty=keep_empty))
+    if keep_empty and not items and prefix:
+        flat[prefix] = value
+    return flat
+
+
 def dump_policy(policy: object) -> tuple[PolicyKind, dict[str, Any]]:
     """The kind tag and JSON dump of `policy`, checked to load back as an equal policy.
 
@@ -199,20 +217,10 @@ class PolicyStore:
         reason = check_text(reason, what="reason")
         now = self._now()
         await self._ready()
-        for _ in range(self._attempts):
-            version = await self._last("version", "version") + 1
-            doc = {
-                "kind": "version",
-                "version": version,
-                "policyKind": kind,
-                "policy": dump,
-                "actor": actor,
-                "reason": reason,
-                "createdAt": now,
-            }
-            if await self._store.try_insert(self.collection, doc):
-                return version
-        raise ContentionError(f"push lost the race for a version number {self._attempts} times")
+        fields = {"policyKind": kind, "policy": dump, "actor": actor, "reason": reason}
+        return await self._insert_next(
+            "version", "version", {**fields, "createdAt": now}, what="push", race="a version number"
+        )
 
     async def activate(self, version: int, *, actor: str, reason: str) -> None:
         """Make `version` the active one, recording who, why and when. An unknown version
@@ -286,19 +294,24 @@ class PolicyStore:
             await self.ensure_indexes()
 
     async def _record_activation(self, version: int, actor: str, reason: str, now: datetime) -> int:
+        fields = {"version": version, "actor": actor, "reason": reason, "at": now}
+        return await self._insert_next(
+            "activation", "seq", fields, what="activate", race="its turn"
+        )
+
+    async def _insert_next(
+        self, kind: str, field: str, fields: dict[str, object], *, what: str, race: str
+    ) -> int:
+        """Insert a `kind` document numbered one past the highest `field` so far; a racer
+        that took the number first (the unique index refuses the insert) means trying the
+        next one. Returns the number taken."""
         for _ in range(self._attempts):
-            seq = await self._last("activation", "seq") + 1
-            doc = {
-                "kind": "activation",
-                "seq": seq,
-                "version": version,
-                "actor": actor,
-                "reason": reason,
-                "at": now,
-            }
-            if await self._store.try_insert(self.collection, doc):
-                return seq
-        raise ContentionError(f"activate lost the race for its turn {self._attempts} times")
+            number = await self._last(kind, field) + 1
+            if await self._store.try_insert(
+                self.collection, {"kind": kind, field: number, **fields}
+            ):
+                return number
+        raise ContentionError(f"{what} lost the race for {race} {self._attempts} times")
 
     async def _last(self, kind: str, field: str) -> int:
         """The highest `field` among documents of `kind` (0 if there are none)."""

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from typing import cast
 
 from rich.table import Table
 
 from balance_refill import NoActivePolicy, PolicyStore, PolicyVersion, load_policy_file
 from balance_refill.policy import AnyPolicy, as_tiered
-from balance_refill.policy_store import dump_policy, policy_kind
+from balance_refill.policy_store import dump_policy, flatten, policy_kind
 
 from ._commands import actor, print_rules
 from ._connect import Collection, Connection
@@ -46,27 +45,11 @@ def _meta(v: PolicyVersion) -> dict[str, object]:
     }
 
 
-def flatten(value: object, prefix: str = "") -> dict[str, object]:
-    """A nested dump as `{"tiers.heavy.amount": 50000, ...}` (list items by index)."""
-    if isinstance(value, Mapping):
-        items: list[tuple[str, object]] = [(str(k), v) for k, v in value.items()]
-    elif isinstance(value, list | tuple):
-        items = [(str(i), v) for i, v in enumerate(value)]
-    else:
-        return {prefix: value}
-    flat: dict[str, object] = {}
-    for key, item in items:
-        flat.update(flatten(item, f"{prefix}.{key}" if prefix else key))
-    if not items and prefix:
-        flat[prefix] = value
-    return flat
-
-
 def differences(a: AnyPolicy, b: AnyPolicy) -> list[dict[str, object]]:
     """The settings that differ between two policies, both seen as tiers, by path;
     a setting one side lacks is None there."""
-    left = flatten(dump_policy(as_tiered(a))[1])
-    right = flatten(dump_policy(as_tiered(b))[1])
+    left = flatten(dump_policy(as_tiered(a))[1], keep_empty=True)
+    right = flatten(dump_policy(as_tiered(b))[1], keep_empty=True)
     return [
         {"path": path, "a": left.get(path), "b": right.get(path)}
         for path in sorted(left.keys() | right.keys())

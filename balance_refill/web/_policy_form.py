@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from balance_refill.errors import BalanceRefillError
 from balance_refill.policy import AnyPolicy, RefillPolicy, TieredPolicy, as_tiered
 from balance_refill.policy_file import load_policy_text
-from balance_refill.policy_store import dump_policy, load_policy, policy_kind
+from balance_refill.policy_store import dump_policy, flatten, load_policy, policy_kind
 
 from ._forms import FieldErrors
 
@@ -342,23 +342,10 @@ def parse_days(raw: object) -> int:
     return days
 
 
-def _flatten(value: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, Mapping):
-        items: list[tuple[str, object]] = [(str(k), v) for k, v in value.items()]
-    elif isinstance(value, list | tuple):
-        items = [(str(i), v) for i, v in enumerate(value)]
-    else:
-        return {prefix: value}
-    flat: dict[str, object] = {}
-    for key, item in items:
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
-    return flat
-
-
 def changes(before: AnyPolicy, after: AnyPolicy) -> list[tuple[str, str, str]]:
     """What differs, setting by setting: (`tiers.free.amount`, old, new); "—" is unset."""
-    old = _flatten(as_tiered(before).model_dump(mode="json"))
-    new = _flatten(as_tiered(after).model_dump(mode="json"))
+    old = flatten(as_tiered(before).model_dump(mode="json"))
+    new = flatten(as_tiered(after).model_dump(mode="json"))
 
     def shown(flat: Mapping[str, object], key: str) -> str:
         value = flat.get(key)
