@@ -100,6 +100,7 @@ UNKNOWN = object()
 
 
 _INF = float("inf")
+_new = tuple.__new__
 
 
 def _num(value: object) -> Credits:
@@ -120,6 +121,10 @@ def _num(value: object) -> Credits:
 
 def _date(value: object) -> datetime | None:
     return as_utc(value) if isinstance(value, datetime) else None
+
+
+def _items(value: object) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list) else ()
 
 
 def _history(history: object) -> tuple[Credits, ...]:
@@ -154,36 +159,43 @@ def parse(doc: Document, *, seen: datetime | None = None) -> Record:
     pending = get(PENDING)
     refill_tier = get(REFILL_TIER)
     refill_pending = get(PENDING_REFILL) is not None
-    spent_n = _num(spent)
-    state = UserState(
-        _num(credits),
-        _num(reserved),
-        as_utc(last_refill) if isinstance(last_refill, datetime) else None,
-        paused is True,
-        tier if isinstance(tier, str) else None,
-        refill_tier if isinstance(refill_tier, str) else None,
-        pinned is True,
-        spent_n if spent_n > 0 else 0,
-        _history(history),
-        refill_pending,
+    # Missing fields (None) are tested first: the hot path's replies lack most of them.
+    spent_n = spent if spent.__class__ is int else _num(spent)
+    state = _new(  # UserState(...) without its Python-level __new__ (one per call)
+        UserState,
+        (
+            credits if credits.__class__ is int else _num(credits),
+            0 if reserved is None else _num(reserved),
+            as_utc(last_refill) if isinstance(last_refill, datetime) else None,
+            paused is True,
+            tier if isinstance(tier, str) else None,
+            None if refill_tier is None else refill_tier if isinstance(refill_tier, str) else None,
+            pinned is True,
+            spent_n if spent_n > 0 else 0,
+            () if history is None else _history(history),
+            refill_pending,
+        ),
     )
     last_seen = get(LAST_SEEN)
     last_seen = as_utc(last_seen) if isinstance(last_seen, datetime) else None
     if seen is not None and (last_seen is None or last_seen < seen):
         last_seen = seen
-    return Record(
-        doc_id,
-        user,
-        state,
-        doc,
-        None if pending is None or not isinstance(pending, Mapping) else pending,
-        get(OP_ID),
-        tuple(recent) if isinstance(recent, list) else (),
-        last_seen,
-        seen is None and get(AUTO) is True,
-        tuple(amounts) if isinstance(amounts, list) else (),
-        tuple(ops) if isinstance(ops, list) else (),
-        tuple(e for e in admin if isinstance(e, Mapping)) if isinstance(admin, list) else (),
+    return _new(
+        Record,
+        (
+            doc_id,
+            user,
+            state,
+            doc,
+            None if pending is None or not isinstance(pending, Mapping) else pending,
+            get(OP_ID),
+            () if recent is None else _items(recent),
+            last_seen,
+            seen is None and get(AUTO) is True,
+            () if amounts is None else _items(amounts),
+            () if ops is None else _items(ops),
+            () if admin is None else tuple(e for e in _items(admin) if isinstance(e, Mapping)),
+        ),
     )
 
 

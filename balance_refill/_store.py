@@ -19,7 +19,15 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Protocol, TypeVar
 
 from pymongo import ReturnDocument, UpdateOne
@@ -313,12 +321,14 @@ class Store:
 
     # -- balances -------------------------------------------------------------------
 
-    async def upsert_before(
+    # The hot path's two calls return `run`'s coroutine itself (one coroutine fewer per call).
+
+    def upsert_before(
         self, filter_: Update, update: Update, projection: Update | None = None
-    ) -> Document | None:
+    ) -> Coroutine[Any, Any, Document | None]:
         """Upsert the oldest matching document; returns it (the fields `projection`
         keeps) as it was before (None: created)."""
-        return await self.run(
+        return self.run(
             "read-or-create balance",
             lambda: self.balances.find_one_and_update(
                 filter_,
@@ -344,12 +354,12 @@ class Store:
             ),
         )
 
-    async def modify_by_id(
+    def modify_by_id(
         self, what: str, filter_: Update, update: Update, projection: Update
-    ) -> Document | None:
+    ) -> Coroutine[Any, Any, Document | None]:
         """find_one_and_update of the one document `filter_` names by `_id` (no sort);
         returns the fields `projection` keeps as they were before, None if no match."""
-        return await self.run(
+        return self.run(
             what,
             lambda: self.balances.find_one_and_update(
                 filter_, update, projection=projection, return_document=ReturnDocument.BEFORE

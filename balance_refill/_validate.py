@@ -93,6 +93,8 @@ def check_amount(
     amount: object, *, what: str = "amount", allow_zero: bool = False, allow_negative: bool = False
 ) -> Credits:
     """Return `amount` unchanged if it is a finite int or float within +/- 2**53."""
+    if amount.__class__ is int and (0 if allow_zero else 1) <= amount <= MAX_SAFE_INT:
+        return amount  # an int: the common case, in one test
     if isinstance(amount, float):
         if not math.isfinite(amount):
             raise InvalidAmount(f"{what} must be finite, got {amount!r}")

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
@@ -24,6 +24,7 @@ from ._validate import Credits, UserId, UserIdMode, check_amount, check_limit, c
 from .admin import Admin, LedgerRow
 from .decide import (
     SpendOutcome,
+    outlook,
     plan_refill,
     random_request_key,
     request_key,
@@ -124,7 +125,7 @@ class BalanceRefiller:
         `refill_now`, `history`); also callable on the refiller itself."""
         self.directory = Directory(self._engine)
         """Read-only lookups for admin tools (find users, lists, history, overview)."""
-        self._known: dict[UserId, tuple[object, Credits]] = {}
+        self._known: dict[UserId, list[Any]] = {}  # user -> [document _id, spendable]
         """User -> (`_id` of the user's oldest balance document, the credits the plain
         spend could charge there when last seen), learned from this refiller's reads and
         bounded: the steady-state spend names the document by it, and is not tried when
@@ -156,8 +157,7 @@ class BalanceRefiller:
         known = self._known
         if len(known) >= KNOWN_USERS and record.user not in known:
             known.clear()
-        spendable = balance if record.state.reserved <= 0 else -1
-        known[record.user] = (record.id, spendable)
+        known[record.user] = [record.id, balance if record.state.reserved <= 0 else -1]
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -177,8 +177,15 @@ class BalanceRefiller:
         now = engine.now()
 
         record = await engine.read_or_create(user, now, S.READ_PROJECTION)
-        if plan_refill(engine.tiers, record.state, now, needed) is None:  # nothing due: done
-            state = engine.state(record, now)
+        view = outlook(engine.tiers, record.state, now)
+        next_at = view[2]  # None: refills are off for the user
+        if (  # nothing due: the first tests of `plan_refill`, read from the outlook
+            next_at is None
+            or next_at > now
+            or record.state.refill_pending
+            or plan_refill(engine.tiers, record.state, now, needed) is None
+        ):
+            state = engine.state(record, now, view=view)
             self._learn(record, state.balance)
             return state
         first: S.Record | None = record
@@ -229,7 +236,7 @@ class BalanceRefiller:
         now = engine.now()
         known = self._known.get(user)
         if known is not None and known[1] >= amount:  # the steady state: one plain update
-            charged = await self._plain_spend(user, known[0], amount, key, now)
+            charged = await self._plain_spend(user, known, amount, key, now)
             if charged is not None:
                 return charged
         pipeline = S.spend_pipeline(amount, key, now, engine.request_window)
@@ -279,14 +286,15 @@ class BalanceRefiller:
         return state
 
     async def _plain_spend(
-        self, user: UserId, doc_id: object, amount: Credits, key: int, now: datetime
+        self, user: UserId, known: list[Any], amount: Credits, key: int, now: datetime
     ) -> BalanceState | None:
         """The steady-state spend: one plain conditional update of the user's known
-        document (covered, the request key new); None when it did not match."""
+        document (`known`: its `_id` and spendable balance, updated here); covered, the
+        request key new. None when it did not match."""
         engine = self._engine
         raw = await engine.store.modify_by_id(
             "spend",
-            S.fast_spend_filter(doc_id, user, amount, key),
+            S.fast_spend_filter(known[0], user, amount, key),
             S.fast_spend_update(amount, key, now, engine.request_window),
             S.FAST_PROJECTION,
         )
@@ -298,7 +306,7 @@ class BalanceRefiller:
         if engine.observer is not None:
             engine.observer.charged(engine.tiers, record, amount, now)
         state = engine.state(record, now, charged=amount)
-        self._learn(record, state.balance)
+        known[1] = state.balance if record.state.reserved <= 0 else -1  # as `_learn` would
         return state
 
     async def get_state(self, user_id: UserId) -> BalanceState:

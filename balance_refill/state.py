@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,3 +32,54 @@ class BalanceState:
     pinned: bool = False
     spent_since_refill: Credits = 0
     last_seen: datetime | None = None
+
+
+def _state_builder() -> Callable[..., BalanceState]:
+    """A constructor of `BalanceState` for the hot path, equal to calling the class.
+
+    A frozen dataclass's `__init__` sets each field through `object.__setattr__`; setting
+    the slots through their own descriptors builds the same object in half the time (one
+    is built on every call)."""
+    new = object.__new__
+    slot = BalanceState.__dict__
+    s_user, s_balance, s_refilled, s_granted, s_last, s_next = (
+        slot[name].__set__
+        for name in ("user_id", "balance", "refilled", "granted", "last_refill", "next_refill_at")
+    )
+    s_tier, s_auto, s_pinned, s_spent, s_seen = (
+        slot[name].__set__
+        for name in ("tier", "auto_refill", "pinned", "spent_since_refill", "last_seen")
+    )
+
+    def build(  # noqa: PLR0917 - one argument a field, positional like the class's
+        user_id: UserId,
+        balance: Credits,
+        refilled: bool,
+        granted: Credits,
+        last_refill: datetime | None,
+        next_refill_at: datetime | None,
+        tier: str,
+        auto_refill: bool,
+        pinned: bool,
+        spent_since_refill: Credits,
+        last_seen: datetime | None,
+    ) -> BalanceState:
+        state: BalanceState = new(BalanceState)
+        s_user(state, user_id)
+        s_balance(state, balance)
+        s_refilled(state, refilled)
+        s_granted(state, granted)
+        s_last(state, last_refill)
+        s_next(state, next_refill_at)
+        s_tier(state, tier)
+        s_auto(state, auto_refill)
+        s_pinned(state, pinned)
+        s_spent(state, spent_since_refill)
+        s_seen(state, last_seen)
+        return state
+
+    return build
+
+
+new_state = _state_builder()
+"""`new_state(*values)` is `BalanceState(*values)`, every field given, built faster."""
