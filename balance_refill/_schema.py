@@ -9,7 +9,7 @@ is never read as an operator or a field path.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from ._validate import Credits, UserId
@@ -373,33 +373,56 @@ def spend_pipeline(
     ]
 
 
-def fast_spend_filter(doc_id: object, user: UserId, amount: Credits, key: int) -> Update:
+LAST_SEEN_STEP = timedelta(minutes=1)
+"""The steady-state spend rewrites `lastSeen` only when the value it last read is this
+much older than now: `lastSeen` is kept to the minute (activity is judged over days)."""
+
+
+def plain_reserved(doc: Document) -> tuple[bool, int | None]:
+    """(whether the steady-state spend can name `doc`'s reserved credits, the value it
+    names): missing (or null) and zero can be matched exactly; anything else (credits
+    held by LibreChat's in-flight requests, odd values) leaves the spend to the pipeline."""
+    reserved = doc.get(RESERVED)
+    if reserved is None:
+        return True, None
+    if isinstance(reserved, int | float) and not isinstance(reserved, bool) and reserved == 0:
+        return True, 0
+    return False, None
+
+
+def fast_spend_filter(
+    doc_id: object, user: UserId, amount: Credits, key: int, reserved: int | None = None
+) -> Update:
     """The steady-state spend's filter, in plain query operators: the user's oldest
-    document (`doc_id`, learned from an earlier read), its balance covering `amount`
-    with no credits reserved by LibreChat, LibreChat's own refill switch off (a document
-    the library already manages) and the request key not seen. Stricter than
-    `spend_pipeline`'s rule, never looser: whatever it misses, the pipeline decides."""
+    document (`doc_id`, learned from an earlier read), its balance covering `amount`,
+    its reserved credits still as last read (`reserved`: None, missing; or 0: see
+    `plain_reserved`), LibreChat's own refill switch off (a document the library already
+    manages) and the request key not seen. Stricter than `spend_pipeline`'s rule, never
+    looser: whatever it misses, the pipeline decides."""
     return {
         "_id": doc_id,
         USER: user,
         CREDITS: {"$gte": amount},
-        RESERVED: {"$not": {"$gt": 0}},
+        RESERVED: reserved,
         AUTO: False,
         RECENT: {"$ne": key},
     }
 
 
-def fast_spend_update(amount: Credits, key: int, now: datetime, window: int) -> Update:
+def fast_spend_update(amount: Credits, key: int, seen: datetime | None, window: int) -> Update:
     """The steady-state spend's update: what `spend_pipeline` writes when it charges, as
-    update operators (no pipeline for the server to evaluate)."""
-    return {
+    update operators (no pipeline for the server to evaluate); `lastSeen` raised to
+    `seen` unless it is None (see `LAST_SEEN_STEP`)."""
+    update: Update = {
         "$inc": {CREDITS: -amount, SPENT: amount},
         "$push": {
             RECENT: {"$each": [key], "$slice": -window},
             RECENT_AMOUNTS: {"$each": [amount], "$slice": -window},
         },
-        "$max": {LAST_SEEN: now},
     }
+    if seen is not None:
+        update["$max"] = {LAST_SEEN: seen}
+    return update
 
 
 FAST_PROJECTION: Update = {RECENT: 0, RECENT_AMOUNTS: 0}

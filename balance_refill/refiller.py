@@ -125,7 +125,8 @@ class BalanceRefiller:
         `refill_now`, `history`); also callable on the refiller itself."""
         self.directory = Directory(self._engine)
         """Read-only lookups for admin tools (find users, lists, history, overview)."""
-        self._known: dict[UserId, list[Any]] = {}  # user -> [document _id, spendable]
+        # user -> [document _id, spendable balance, reserved as named, lastSeen stored]
+        self._known: dict[UserId, list[Any]] = {}
         """User -> (`_id` of the user's oldest balance document, the credits the plain
         spend could charge there when last seen), learned from this refiller's reads and
         bounded: the steady-state spend names the document by it, and is not tried when
@@ -152,12 +153,14 @@ class BalanceRefiller:
         return self.policy
 
     def _learn(self, record: S.Record, balance: Credits) -> None:
-        """Remember `record`'s document, and `balance` as what the plain spend can
-        charge (nothing while LibreChat holds reserved credits on it)."""
+        """Remember `record`'s document for the plain spend: its `_id`, `balance` as
+        what it can charge (nothing while LibreChat holds reserved credits on it), the
+        reserved credits as its filter names them, and `lastSeen` as stored."""
         known = self._known
         if len(known) >= KNOWN_USERS and record.user not in known:
             known.clear()
-        known[record.user] = [record.id, balance if record.state.reserved <= 0 else -1]
+        plain, reserved = S.plain_reserved(record.doc)
+        known[record.user] = [record.id, balance if plain else -1, reserved, record.last_seen]
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -289,13 +292,15 @@ class BalanceRefiller:
         self, user: UserId, known: list[Any], amount: Credits, key: int, now: datetime
     ) -> BalanceState | None:
         """The steady-state spend: one plain conditional update of the user's known
-        document (`known`: its `_id` and spendable balance, updated here); covered, the
-        request key new. None when it did not match."""
+        document (`known`, see `_learn`, updated here); covered, the request key new.
+        None when it did not match."""
         engine = self._engine
+        doc_id, _, reserved, seen = known
+        touch = seen is None or now - seen >= S.LAST_SEEN_STEP
         raw = await engine.store.modify_by_id(
             "spend",
-            S.fast_spend_filter(known[0], user, amount, key),
-            S.fast_spend_update(amount, key, now, engine.request_window),
+            S.fast_spend_filter(doc_id, user, amount, key, reserved),
+            S.fast_spend_update(amount, key, now if touch else None, engine.request_window),
             S.FAST_PROJECTION,
         )
         if raw is None:
@@ -306,7 +311,8 @@ class BalanceRefiller:
         if engine.observer is not None:
             engine.observer.charged(engine.tiers, record, amount, now)
         state = engine.state(record, now, charged=amount)
-        known[1] = state.balance if record.state.reserved <= 0 else -1  # as `_learn` would
+        seen = record.last_seen  # as stored before, then after this write:
+        known[1], known[3] = state.balance, now if touch and (seen is None or seen < now) else seen
         return state
 
     async def get_state(self, user_id: UserId) -> BalanceState:

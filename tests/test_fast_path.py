@@ -61,7 +61,8 @@ async def test_steady_spend_is_one_plain_update(
     assert not is_pipeline(call)
     assert "$expr" not in repr(call.args[0])
     update: Any = call.args[1]
-    assert set(update) == {"$inc", "$push", "$max"}
+    assert set(update) == {"$inc", "$push"}  # lastSeen was written by the read, just now
+    assert call.args[0]["reservedCredits"] is None  # none reserved: the field is missing
     projection: Any = call.kwargs["projection"]
     assert all(projection[name] == 0 for name in BIG_ARRAYS[:2])
     assert lint(call) == []
@@ -278,3 +279,49 @@ async def test_a_fraction_of_a_credit_reserved_is_not_spent(
     with pytest.raises(InsufficientCredits):
         await refiller.spend("u1", 20)
     assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 20
+
+
+async def test_last_seen_is_rewritten_once_a_minute(
+    refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
+) -> None:
+    """The plain update raises lastSeen only when the value last read is a minute old:
+    within the minute it is left as stored, after it the spend writes the new time."""
+    await seed(balances, clock)
+    await warm(refiller, log)
+    seen = clock()
+    clock.advance(timedelta(seconds=59))
+    await refiller.spend("u1", 1)
+    assert "$max" not in log.calls[-1].args[1]
+    assert (await stored(balances, {"user": "u1"}))["lastSeen"] == seen
+    clock.advance(timedelta(seconds=1))
+    await refiller.spend("u1", 1)
+    assert log.calls[-1].args[1]["$max"] == {"lastSeen": clock()}
+    assert (await stored(balances, {"user": "u1"}))["lastSeen"] == clock()
+    clock.advance(timedelta(seconds=30))  # a minute from the last write, not the first
+    await refiller.spend("u1", 1)
+    assert "$max" not in log.calls[-1].args[1]
+    assert not any(is_pipeline(c) for c in log.calls)
+
+
+@pytest.mark.parametrize(
+    ("reserved", "named", "plain"),
+    [(None, None, True), (0, 0, True), (0.0, 0, True), (5, None, False), (-1, None, False)],
+)
+async def test_reserved_credits_are_named_as_last_read(
+    refiller: BalanceRefiller,
+    log: CallLog,
+    balances: RecordingCollection,
+    clock: FakeClock,
+    reserved: float | None,
+    named: int | None,
+    plain: bool,
+) -> None:
+    """The plain update names the reserved credits it last read (missing, or zero); any
+    other value leaves the spend to the pipeline, which decides on the available balance."""
+    await seed(balances, clock, reservedCredits=reserved)
+    await warm(refiller, log)
+    await refiller.spend("u1", 1)
+    assert [is_pipeline(c) for c in log.calls] == [not plain]
+    if plain:
+        assert log.calls[0].args[0]["reservedCredits"] == named
+    assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 999
