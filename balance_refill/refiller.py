@@ -125,7 +125,7 @@ class BalanceRefiller:
         `refill_now`, `history`); also callable on the refiller itself."""
         self.directory = Directory(self._engine)
         """Read-only lookups for admin tools (find users, lists, history, overview)."""
-        # user -> [document _id, spendable balance, reserved as named, lastSeen stored]
+        # user -> [document _id, spendable balance, reserved as named, next lastSeen write]
         self._known: dict[UserId, list[Any]] = {}
         """User -> (`_id` of the user's oldest balance document, the credits the plain
         spend could charge there when last seen), learned from this refiller's reads and
@@ -155,12 +155,15 @@ class BalanceRefiller:
     def _learn(self, record: S.Record, balance: Credits) -> None:
         """Remember `record`'s document for the plain spend: its `_id`, `balance` as
         what it can charge (nothing while LibreChat holds reserved credits on it), the
-        reserved credits as its filter names them, and `lastSeen` as stored."""
+        reserved credits as its filter names them, and when the spend next writes
+        `lastSeen` (a minute after the value stored; None: at once)."""
         known = self._known
         if len(known) >= KNOWN_USERS and record.user not in known:
             known.clear()
         plain, reserved = S.plain_reserved(record.doc)
-        known[record.user] = [record.id, balance if plain else -1, reserved, record.last_seen]
+        seen = record.last_seen
+        touch_at = None if seen is None else seen + S.LAST_SEEN_STEP
+        known[record.user] = [record.id, balance if plain else -1, reserved, touch_at]
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -295,8 +298,8 @@ class BalanceRefiller:
         document (`known`, see `_learn`, updated here); covered, the request key new.
         None when it did not match."""
         engine = self._engine
-        doc_id, _, reserved, seen = known
-        touch = seen is None or now - seen >= S.LAST_SEEN_STEP
+        doc_id, _, reserved, touch_at = known
+        touch = touch_at is None or now >= touch_at
         raw = await engine.store.modify_by_id(
             "spend",
             S.fast_spend_filter(doc_id, user, amount, key, reserved),
@@ -311,8 +314,10 @@ class BalanceRefiller:
         if engine.observer is not None:
             engine.observer.charged(engine.tiers, record, amount, now)
         state = engine.state(record, now, charged=amount)
-        seen = record.last_seen  # as stored before, then after this write:
-        known[1], known[3] = state.balance, now if touch and (seen is None or seen < now) else seen
+        known[1] = state.balance
+        if touch:  # lastSeen is now `now` (or later, if another writer's clock is ahead)
+            seen = record.last_seen
+            known[3] = (now if seen is None or seen < now else seen) + S.LAST_SEEN_STEP
         return state
 
     async def get_state(self, user_id: UserId) -> BalanceState:
