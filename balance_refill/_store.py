@@ -197,6 +197,12 @@ def _mock_bulk_mismatch(exc: TypeError) -> bool:
     return "unexpected keyword argument 'sort'" in str(exc)
 
 
+def _own(projection: Update | None) -> Update | None:
+    """A copy of `projection` for one call: the library's projections are shared
+    constants, and mongomock writes `_id` into the projection it is given."""
+    return None if projection is None else dict(projection)
+
+
 def _count(result: object, field: str) -> int:
     value = getattr(result, field, 0)
     return value if isinstance(value, int) else 0
@@ -333,7 +339,7 @@ class Store:
             lambda: self.balances.find_one_and_update(
                 filter_,
                 update,
-                projection=projection,
+                projection=_own(projection),
                 upsert=True,
                 sort=OLDEST_FIRST,
                 return_document=ReturnDocument.BEFORE,
@@ -362,7 +368,7 @@ class Store:
         return self.run(
             what,
             lambda: self.balances.find_one_and_update(
-                filter_, update, projection=projection, return_document=ReturnDocument.BEFORE
+                filter_, update, projection=_own(projection), return_document=ReturnDocument.BEFORE
             ),
         )
 
@@ -436,7 +442,9 @@ class Store:
 
         async def fetch() -> list[Document]:
             # batch_size = limit: one round trip, not 101 documents then a getMore
-            cursor = collection.find(filter_, projection, sort=sort, limit=limit, batch_size=limit)
+            cursor = collection.find(
+                filter_, _own(projection), sort=sort, limit=limit, batch_size=limit
+            )
             return [doc async for doc in cursor]
 
         return await self.run(f"read {collection.name}", fetch)

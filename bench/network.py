@@ -124,11 +124,33 @@ PLAIN_SPEND = "plain spend"
 """Where `CommandLog.sizes` also lists the steady-state spends (counted once in totals)."""
 
 
+PLAIN_UPDATE = frozenset({"$inc", "$push", "$max"})
+
+
 def is_plain_spend(command: Any) -> bool:
-    """Whether `command` is our steady-state spend: a findAndModify whose update is plain
-    operators with the `$push` of the request window."""
+    """Whether `command` is our steady-state spend: a findAndModify whose update is
+    `fast_spend_update`'s plain operators (`$inc` and the `$push` of the request window,
+    `$max` of lastSeen once a minute)."""
     update = command.get("update") if command.get("findAndModify") else None
-    return isinstance(update, dict) and "$push" in update
+    return (
+        isinstance(update, dict)
+        and "$inc" in update
+        and "$push" in update
+        and set(update) <= PLAIN_UPDATE
+    )
+
+
+def field_sizes(command: Any) -> str:
+    """`command`'s BSON bytes by top-level field (the query's and update's by clause)."""
+
+    def sizes(doc: Any) -> list[str]:
+        return [f"{k} {len(bson.encode({k: v})) - 5}" for k, v in doc.items()]
+
+    parts = []
+    for key, value in command.items():
+        inner = f" ({', '.join(sizes(value))})" if key in {"query", "update"} else ""
+        parts.append(f"{key} {len(bson.encode({key: value})) - 5}{inner}")
+    return "; ".join(parts)
 
 
 class CommandLog(monitoring.CommandListener):
@@ -139,6 +161,7 @@ class CommandLog(monitoring.CommandListener):
         self.started_count: Counter[str] = Counter()
         self.durations: dict[str, list[float]] = {}
         self.sizes: dict[str, list[int]] | None = None  # BSON bytes sent, when measured
+        self.sample = ""  # the first steady-state spend measured, its bytes by field
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         self.started_count[event.command_name] += 1
@@ -147,6 +170,7 @@ class CommandLog(monitoring.CommandListener):
             self.sizes.setdefault(event.command_name, []).append(size)
             if is_plain_spend(event.command):
                 self.sizes.setdefault(PLAIN_SPEND, []).append(size)
+                self.sample = self.sample or field_sizes(event.command)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         self.durations.setdefault(event.command_name, []).append(event.duration_micros / 1000)
@@ -174,6 +198,7 @@ class WireResult:
     client_cpu: float  # seconds of this process's CPU during the run
     server_cpu: float | None  # seconds of the server's CPU during the run
     sent_bytes: dict[str, list[int]] | None = None  # BSON bytes of each command, by name
+    spend_sample: str = ""  # a steady-state spend's bytes by field (`field_sizes`)
 
     @property
     def bytes_per_message(self) -> float | None:
@@ -438,7 +463,7 @@ async def run_flow(
         log.take()
         measuring = log.sizes is not None
         if measuring:
-            log.sizes = {}
+            log.sizes, log.sample = {}, ""
         client_before, server_before = time.process_time(), server_cpu()
         seconds, latencies = await drive(parts, sizes.messages, concurrency)
         client_used, server_after = time.process_time() - client_before, server_cpu()
@@ -464,6 +489,7 @@ async def run_flow(
         client_used,
         None if server_before is None or server_after is None else server_after - server_before,
         sent,
+        log.sample if measuring else "",
     )
 
 
@@ -768,6 +794,8 @@ def _add_bytes(section: Section, sent: dict[str, WireResult]) -> None:
             f"{len(plain)}: {min(plain):,} - {max(plain):,}",
             "B",
         )
+    if sent["ours"].spend_sample:
+        section.notes.append(f"A steady-state spend, bytes by field: {sent['ours'].spend_sample}.")
     if BEFORE_FLOW in sent:
         section.add(
             f"{before.label()}: BSON bytes per spend (findAndModify, median)",

@@ -325,3 +325,24 @@ async def test_reserved_credits_are_named_as_last_read(
     if plain:
         assert log.calls[0].args[0]["reservedCredits"] == named
     assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 999
+
+
+async def test_calls_leave_the_shared_projections_as_they_are(
+    refiller: BalanceRefiller, log: CallLog, balances: RecordingCollection, clock: FakeClock
+) -> None:
+    """The projections are module constants passed to every call; mongomock writes `_id`
+    into a projection it is given, which then reached the next server's commands."""
+    from balance_refill import _schema as S
+
+    expected = {
+        "FAST_PROJECTION": {"recentRequests": 0, "recentAmounts": 0},
+        "READ_PROJECTION": {"recentRequests": 0, "recentAmounts": 0, "recentAdmin": 0},
+        "SWEEP_PROJECTION": {"recentRequests": 0, "recentAmounts": 0, "recentAdmin": 0},
+    }
+    await seed(balances, clock, lastRefill=clock() - timedelta(days=40), tokenCredits=0)
+    await warm(refiller, log)
+    await refiller.spend("u1", 1)
+    clock.advance(timedelta(days=40))
+    await refiller.sweep()
+    for name, value in expected.items():
+        assert getattr(S, name) == value, name
