@@ -384,10 +384,13 @@ def plain_reserved(doc: Document) -> tuple[bool, int | None]:
     held by LibreChat's in-flight requests, odd values) leaves the spend to the pipeline."""
     reserved = doc.get(RESERVED)
     if reserved is None:
-        return True, None
+        return _PLAIN_MISSING
     if isinstance(reserved, int | float) and not isinstance(reserved, bool) and reserved == 0:
-        return True, 0
-    return False, None
+        return _PLAIN_ZERO
+    return _NOT_PLAIN
+
+
+_PLAIN_MISSING, _PLAIN_ZERO, _NOT_PLAIN = (True, None), (True, 0), (False, None)
 
 
 def fast_spend_filter(

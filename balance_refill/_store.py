@@ -135,17 +135,14 @@ class _Recovery:
     which the client's other calls wait for (see `Store.run`)."""
 
     def __init__(self) -> None:
-        self._probe: asyncio.Future[None] | None = None
-
-    @property
-    def pending(self) -> asyncio.Future[None] | None:
+        self.pending: asyncio.Future[None] | None = None
         """The last probe started (maybe done, maybe of another loop): None means no
-        probe can be under way, so the hot path skips `probe()`."""
-        return self._probe
+        probe can be under way, so the hot path skips `probe()` (an attribute, read on
+        every call)."""
 
     def probe(self) -> asyncio.Future[None] | None:
         """The probe under way in this event loop, if any."""
-        probe = self._probe
+        probe = self.pending
         if probe is None or probe.done() or probe.get_loop() is not asyncio.get_running_loop():
             return None
         return probe
@@ -154,12 +151,12 @@ class _Recovery:
         """Become the probe; False if another call already is."""
         if self.probe() is not None:
             return False
-        self._probe = asyncio.get_running_loop().create_future()
+        self.pending = asyncio.get_running_loop().create_future()
         return True
 
     def finish(self) -> None:
         """The probe succeeded or gave up: the waiting calls go on."""
-        probe, self._probe = self._probe, None
+        probe, self.pending = self.pending, None
         if probe is not None and not probe.done():
             probe.set_result(None)
 

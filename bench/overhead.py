@@ -61,19 +61,20 @@ class StubCollection:
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
         self.calls = 0
-        self._projected: dict[int, tuple[object, dict[str, Any]]] = {}
+        self._projected: dict[tuple[object, ...], dict[str, Any]] = {}
 
     async def find_one_and_update(self, *args: object, **kwargs: object) -> dict[str, Any]:
         self.calls += 1
         projection = kwargs.get("projection")
         if not isinstance(projection, Mapping):
             return self.doc
-        known = self._projected.get(id(projection))
-        if known is None or known[0] is not projection:  # the library's constants: once each
+        shape = tuple(projection.items())  # the library's few projections: each made once
+        projected = self._projected.get(shape)
+        if projected is None:
             left_out = {k for k, v in projection.items() if not v}
-            known = (projection, {k: v for k, v in self.doc.items() if k not in left_out})
-            self._projected[id(projection)] = known
-        return known[1]
+            projected = {k: v for k, v in self.doc.items() if k not in left_out}
+            self._projected[shape] = projected
+        return projected
 
 
 def steady_state_doc(user: ObjectId) -> dict[str, Any]:
