@@ -101,6 +101,7 @@ UNKNOWN = object()
 
 _INF = float("inf")
 _new = tuple.__new__
+_INT_ONLY = frozenset({int})
 
 
 def _num(value: object) -> Credits:
@@ -130,7 +131,7 @@ def _items(value: object) -> tuple[Any, ...]:
 def _history(history: object) -> tuple[Credits, ...]:
     if not isinstance(history, list):
         return ()
-    if set(map(type, history)) <= {int}:  # whole numbers, as written: no check per value
+    if _INT_ONLY.issuperset(map(type, history)):  # whole numbers, as written: no check per value
         return tuple(history)
     return tuple(map(_num, history))
 

@@ -194,6 +194,15 @@ class BalanceRefiller:
             state = engine.state(record, now, view=view)
             self._learn(record, state.balance)
             return state
+        return await self._refill(user, record, now, needed)
+
+    async def _refill(
+        self, user: UserId, record: S.Record, now: datetime, needed: Credits
+    ) -> BalanceState:
+        """`ensure_balance` once `record` (read at `now`) shows a refill due: the commit
+        loop, starting from that read (a method of its own, so that the path with nothing
+        due builds none of these closures)."""
+        engine = self._engine
         first: S.Record | None = record
 
         async def read() -> S.Record:
@@ -245,6 +254,15 @@ class BalanceRefiller:
             charged = await self._plain_spend(user, known, amount, key, now)
             if charged is not None:
                 return charged
+        return await self._decided_spend(user, amount, request_id, key, now)
+
+    async def _decided_spend(
+        self, user: UserId, amount: Credits, request_id: str | None, key: int, now: datetime
+    ) -> BalanceState:
+        """`spend` through the pipeline, which decides on the server, and the commit loop
+        when it finds a refill due (a method of its own, so that the plain update's path
+        builds none of these closures)."""
+        engine = self._engine
         pipeline = S.spend_pipeline(amount, key, now, engine.request_window)
         outcome = SpendOutcome.INSUFFICIENT
 
