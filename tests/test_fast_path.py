@@ -44,6 +44,10 @@ async def warm(refiller: BalanceRefiller, log: CallLog) -> None:
     log.reset()
 
 
+def last_update(log: CallLog) -> Any:
+    return log.calls[-1].args[1]
+
+
 def is_pipeline(call: Call) -> bool:
     return isinstance(call.args[1], list)
 
@@ -62,7 +66,8 @@ async def test_steady_spend_is_one_plain_update(
     assert "$expr" not in repr(call.args[0])
     update: Any = call.args[1]
     assert set(update) == {"$inc", "$push"}  # lastSeen was written by the read, just now
-    assert call.args[0]["reservedCredits"] is None  # none reserved: the field is missing
+    query: Any = call.args[0]
+    assert query["reservedCredits"] is None  # none reserved: the field is missing
     projection: Any = call.kwargs["projection"]
     assert all(projection[name] == 0 for name in BIG_ARRAYS[:2])
     assert lint(call) == []
@@ -291,15 +296,15 @@ async def test_last_seen_is_rewritten_once_a_minute(
     seen = clock()
     clock.advance(timedelta(seconds=59))
     await refiller.spend("u1", 1)
-    assert "$max" not in log.calls[-1].args[1]
+    assert "$max" not in last_update(log)
     assert (await stored(balances, {"user": "u1"}))["lastSeen"] == seen
     clock.advance(timedelta(seconds=1))
     await refiller.spend("u1", 1)
-    assert log.calls[-1].args[1]["$max"] == {"lastSeen": clock()}
+    assert last_update(log)["$max"] == {"lastSeen": clock()}
     assert (await stored(balances, {"user": "u1"}))["lastSeen"] == clock()
     clock.advance(timedelta(seconds=30))  # a minute from the last write, not the first
     await refiller.spend("u1", 1)
-    assert "$max" not in log.calls[-1].args[1]
+    assert "$max" not in last_update(log)
     assert not any(is_pipeline(c) for c in log.calls)
 
 
@@ -323,7 +328,8 @@ async def test_reserved_credits_are_named_as_last_read(
     await refiller.spend("u1", 1)
     assert [is_pipeline(c) for c in log.calls] == [not plain]
     if plain:
-        assert log.calls[0].args[0]["reservedCredits"] == named
+        query: Any = log.calls[0].args[0]
+        assert query["reservedCredits"] == named
     assert (await stored(balances, {"user": "u1"}))["tokenCredits"] == 999
 
 
