@@ -170,7 +170,7 @@ def parse(doc: Document, *, seen: datetime | None = None) -> Record:
             as_utc(last_refill) if isinstance(last_refill, datetime) else None,
             paused is True,
             tier if isinstance(tier, str) else None,
-            None if refill_tier is None else refill_tier if isinstance(refill_tier, str) else None,
+            refill_tier if isinstance(refill_tier, str) else None,
             pinned is True,
             spent_n if spent_n > 0 else 0,
             () if history is None else _history(history),

@@ -125,12 +125,13 @@ class BalanceRefiller:
         `refill_now`, `history`); also callable on the refiller itself."""
         self.directory = Directory(self._engine)
         """Read-only lookups for admin tools (find users, lists, history, overview)."""
-        # user -> [document _id, spendable balance, reserved as named, next lastSeen write]
         self._known: dict[UserId, list[Any]] = {}
-        """User -> (`_id` of the user's oldest balance document, the credits the plain
-        spend could charge there when last seen), learned from this refiller's reads and
-        bounded: the steady-state spend names the document by it, and is not tried when
-        it would surely miss (a refill due, credits reserved)."""
+        """User -> [`_id` of the user's oldest balance document, the credits the plain
+        spend could charge there when last seen, its reserved credits as the plain
+        filter names them, when the plain spend next writes `lastSeen`] (see `_learn`),
+        learned from this refiller's reads and bounded: the steady-state spend names the
+        document by it, and is not tried when it would surely miss (a refill due,
+        credits reserved)."""
 
     @property
     def policy(self) -> AnyPolicy:
