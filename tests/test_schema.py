@@ -251,6 +251,43 @@ async def test_spend_window_keeps_the_newest_requests(make_refiller: Make) -> No
     assert (await refiller.spend("u", 1, request_id="r0")).balance == 966  # forgotten
 
 
+async def test_the_pipeline_spend_keeps_the_newest_requests_too(
+    make_refiller: Make, db: Any
+) -> None:
+    """The same window through the pipeline (each spend the first of a new refiller, so
+    none takes the plain update): the newest keys and their amounts, aligned."""
+    policy = RefillPolicy(amount=100, interval="30d", start_balance=1_000)
+    for i, amount in enumerate((1, 2, 3)):
+        await make_refiller(policy=policy, request_window=2).spend("u", amount, request_id=f"p{i}")
+    doc = await db["balances"].find_one({"user": "u"})
+    assert doc["recentRequests"] == [request_key("p1"), request_key("p2")]
+    assert doc["recentAmounts"] == [2, 3]
+
+
+def test_odd_window_shapes_read_as_empty() -> None:
+    """Window fields that are not lists (text, a number, a document) read as nothing."""
+    record = S.parse(
+        {
+            "user": "u",
+            "recentRequests": "ab",
+            "recentAmounts": 5,
+            "recentOps": {"k": 1},
+            "recentAdmin": "x",
+        }
+    )
+    assert (record.recent, record.recent_amounts, record.recent_ops, record.recent_admin) == (
+        (),
+        (),
+        (),
+        (),
+    )
+
+
+@pytest.mark.parametrize(("stored", "spent"), [(-5, 0), (0, 0), (1, 1), (0.5, 0.5), ("7", 0)])
+def test_spent_since_refill_is_never_negative(stored: object, spent: float) -> None:
+    assert S.parse({"user": "u", "spentSinceRefill": stored}).state.spent == spent
+
+
 async def test_refill_and_charge_records_the_request(
     make_refiller: Make, db: Any, clock: FakeClock
 ) -> None:
