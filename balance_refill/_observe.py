@@ -142,11 +142,7 @@ class Dispatcher:
             try:
                 result = callback(event)
             except Exception:
-                self.stats.failed += 1
-                log.exception(
-                    "event callback %s failed on %s", _name(callback), type(event).__name__,
-                    extra=_fields(event),
-                )  # fmt: skip
+                self._failed(callback, event)
                 continue
             if inspect.isawaitable(result):
                 self._schedule(callback, event, result)
@@ -178,13 +174,17 @@ class Dispatcher:
                 _name(callback), type(event).__name__, self.timeout, extra=_fields(event),
             )  # fmt: skip
         except Exception:
-            self.stats.failed += 1
-            log.exception(
-                "event callback %s failed on %s", _name(callback), type(event).__name__,
-                extra=_fields(event),
-            )  # fmt: skip
+            self._failed(callback, event)
         else:
             self.stats.delivered += 1
+
+    def _failed(self, callback: Callback, event: Event) -> None:
+        """Count and log the exception a callback raised on `event` (call in `except`)."""
+        self.stats.failed += 1
+        log.exception(
+            "event callback %s failed on %s", _name(callback), type(event).__name__,
+            extra=_fields(event),
+        )  # fmt: skip
 
     async def drain(self) -> None:
         """Wait until no async callback is running (each ends within the timeout): call

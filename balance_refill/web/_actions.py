@@ -33,7 +33,7 @@ from balance_refill.policy import as_tiered
 
 from ._forms import ACTIONS, FieldErrors, Planned, UserId, intent_key, parse_user, plan, user_param
 from ._pages import Pages
-from ._security import CSRF_FIELD, csrf_ok, new_form_id
+from ._security import new_form_id
 
 MAX_SEEN = 64
 
@@ -49,13 +49,11 @@ def with_reason(method: Callable[..., Awaitable[BalanceState]], reason: str) -> 
 
 
 class AdminPages(Pages):
-    async def action(self, request: Request) -> Response:  # noqa: PLR0912 - one branch per refusal
-        actor = await self.actor(request)
-        if actor is None:
-            return self.unauthorized(request)
-        form = await request.form()
-        if not csrf_ok(request, form.get(CSRF_FIELD), self.binding(request, actor)):
-            return self.forbidden(request, actor)
+    async def action(self, request: Request) -> Response:
+        signed = await self.signed_form(request)
+        if isinstance(signed, Response):
+            return signed
+        actor, form = signed
         action = request.path_params["action"]
         if action not in ACTIONS:
             return self.render(request, "error.html", 404, actor=actor, title="No such action",

@@ -44,7 +44,7 @@ from ._policy_form import (
     policy_yaml,
 )
 from ._policy_preview import Preview, preview
-from ._security import CSRF_FIELD, csrf_ok, new_form_id
+from ._security import new_form_id
 
 ENABLE_EDITING = (
     "Editing needs a policy store. Store this policy as version 1 "
@@ -199,12 +199,10 @@ class PolicyPages(AdminPages):
 
     async def policy_change(self, request: Request) -> Response:
         """POST /policy/edit: `step` preview, review or confirm."""
-        actor = await self.actor(request)
-        if actor is None:
-            return self.unauthorized(request)
-        raw = await request.form()
-        if not csrf_ok(request, raw.get(CSRF_FIELD), self.binding(request, actor)):
-            return self.forbidden(request, actor)
+        signed = await self.signed_form(request)
+        if isinstance(signed, Response):
+            return signed
+        actor, raw = signed
         if self.policy_store is None:
             return self.render(request, "error.html", 404, actor=actor, title="Editing is off",
                                message=ENABLE_EDITING)  # fmt: skip
@@ -306,14 +304,12 @@ class PolicyPages(AdminPages):
 
     # -- rolling back -------------------------------------------------------------------
 
-    async def policy_activate(self, request: Request) -> Response:  # noqa: PLR0912 - one branch per refusal
+    async def policy_activate(self, request: Request) -> Response:
         """POST /policy/activate: make an older (or any other) version active again."""
-        actor = await self.actor(request)
-        if actor is None:
-            return self.unauthorized(request)
-        raw = await request.form()
-        if not csrf_ok(request, raw.get(CSRF_FIELD), self.binding(request, actor)):
-            return self.forbidden(request, actor)
+        signed = await self.signed_form(request)
+        if isinstance(signed, Response):
+            return signed
+        actor, raw = signed
         store = self.policy_store
         if store is None:
             return self.render(request, "error.html", 404, actor=actor, title="Editing is off",

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -17,7 +18,7 @@ from balance_refill import BalanceRefiller
 from balance_refill.directory import Directory
 
 from ._charts import number
-from ._security import CSRF_FIELD, UsedForms, csrf_secret, csrf_token, set_csrf_cookie
+from ._security import CSRF_FIELD, UsedForms, csrf_ok, csrf_secret, csrf_token, set_csrf_cookie
 
 Authorize = Callable[[Request], "Awaitable[str | None] | str | None"]
 """The host's check: the signed-in actor's name, or None (the page answers 401)."""
@@ -94,6 +95,17 @@ class Base:
         if isinstance(result, str) and result.strip():
             return result.strip()
         return None
+
+    async def signed_form(self, request: Request) -> tuple[str, FormData] | Response:
+        """The signed-in actor and the form they posted, if its CSRF token is this
+        session's; otherwise the page to answer with (401 signed out, 403 token)."""
+        actor = await self.actor(request)
+        if actor is None:
+            return self.unauthorized(request)
+        form = await request.form()
+        if not csrf_ok(request, form.get(CSRF_FIELD), self.binding(request, actor)):
+            return self.forbidden(request, actor)
+        return actor, form
 
     def token(self, request: Request, actor: str | None) -> tuple[str, str, bool]:
         """(CSRF secret, the form token bound to this session, whether the secret is new)."""
