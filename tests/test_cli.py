@@ -59,16 +59,20 @@ def conn(cli_connection: Connection | None) -> Connection | None:
     return cli_connection
 
 
+def cli(conn: Connection | None, *argv: str) -> tuple[int, str, str]:
+    """Run the CLI on `conn` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), connection=conn, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
 class Run:
     def __init__(self, conn: Connection | None, policy: Path) -> None:
         self.conn = conn
         self.policy = policy
 
     def __call__(self, *argv: str, policy: bool = True) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        args = [*argv, "--policy", str(self.policy)] if policy else list(argv)
-        code = main(args, connection=self.conn, stdout=out, stderr=err)
-        return code, out.getvalue(), err.getvalue()
+        return cli(self.conn, *argv, *(("--policy", str(self.policy)) if policy else ()))
 
     def json(self, *argv: str) -> Any:
         code, out, err = self(*argv, "--json")

@@ -5,7 +5,6 @@ and deployment examples that install the `cli` extra."""
 from __future__ import annotations
 
 import configparser
-import io
 import json
 import logging
 import re
@@ -14,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from balance_refill.cli import Connection, main
+from balance_refill.cli import Connection
 
-from .test_cli import TWO_TIERS
+from .test_cli import TWO_TIERS, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,12 +30,6 @@ def policy_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def conn(cli_connection: Connection | None) -> Connection | None:
     return cli_connection
-
-
-def cli(conn: Connection | None, *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), connection=conn, stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def seed(conn: Connection | None, policy_file: Path, user: str = "alice") -> None:

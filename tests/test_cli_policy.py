@@ -3,7 +3,6 @@ stored active policy when no --policy is given (issue 17, section 3). On both ba
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,9 @@ from typing import Any
 import pytest
 
 from balance_refill import RefillPolicy, load_policy_file
-from balance_refill.cli import Connection, main
+from balance_refill.cli import Connection
 
-from .test_cli import TWO_TIERS
+from .test_cli import TWO_TIERS, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,12 +35,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
     paths["cheap"].write_text(TWO_TIERS.replace("start_balance: 20000", "start_balance: 777"))
     paths["bad"].write_text("amount: -1\ninterval: 30d\n")
     return paths
-
-
-def cli(conn: Connection | None, *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), connection=conn, stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def ok(conn: Connection | None, *argv: str) -> Any:

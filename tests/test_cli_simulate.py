@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,9 +13,11 @@ import pytest
 from bson import ObjectId
 
 from balance_refill import RefillPolicy
-from balance_refill.cli import Connection, main
+from balance_refill.cli import Connection
 from balance_refill.simulate import simulate
 from balance_refill.usage import Synthetic
+
+from .test_cli import cli
 
 CANDIDATE = "amount: 800\ninterval: 7d\nstart_balance: 1000\n"
 BASELINE = "amount: 1000\ninterval: 30d\nstart_balance: 1000\n"
@@ -27,12 +28,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "candidate.yaml").write_text(CANDIDATE)
     (tmp_path / "baseline.yaml").write_text(BASELINE)
     return {"candidate": tmp_path / "candidate.yaml", "baseline": tmp_path / "baseline.yaml"}
-
-
-def cli(conn: Connection | None, *argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), connection=conn, stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 SYNTHETIC = ("--synthetic", "--users", "40", "--days", "20", "--start", "2026-03-01", "--seed", "3")
